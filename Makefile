@@ -1,0 +1,55 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mtilib-installed
+# Every target sets up what it needs: the first run creates .venv (about 2.5 minutes), later runs
+# reuse it until pyproject.toml or constraints.txt change.
+
+.PHONY: setup course test lab student bench results data-samples checkpoint lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		torch==2.13.0 -c constraints.txt -e '.[notebook,test,dev]'
+	$(BIN)/python -c "from mtilib.course import ensure_kernel; ensure_kernel()"
+	touch $@
+
+## Execute every notebook (full mode) and print the summary table. COURSE_ARGS="--quick --only 03"
+course: setup
+	$(BIN)/mtilib course $(COURSE_ARGS)
+
+## Lint, unit tests and every notebook in QUICK mode.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Open JupyterLab on the course with the project's kernel.
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+## Student copies without solutions, in build/student/.
+student: setup
+	$(BIN)/mtilib student --out build/student
+
+## Benchmarks -> docs/benchmarks.md
+bench: setup
+	$(BIN)/mtilib bench --out docs/benchmarks.md
+
+## The phantom results table -> docs/results.md (about 90 minutes on 2 CPU cores)
+results: setup
+	$(BIN)/mtilib results --out docs/results.md
+
+## Regenerate the shipped sample data set.
+data-samples: setup
+	$(BIN)/mtilib phantom --out data_samples/phantom --preset samples --force
+
+## Retrain the shipped checkpoint on the course preset and evaluate it on the sample test cases.
+checkpoint: setup
+	$(BIN)/python scripts/make_checkpoint.py
+
+lint: setup
+	$(BIN)/ruff check mtilib tests notebooks scripts
+
+clean:
+	rm -rf build runs .pytest_cache .ruff_cache

@@ -1,0 +1,346 @@
+"""Command line: ``mtilib <command>``. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mtilib import __version__
+
+
+def _cmd_info(args) -> int:
+    from mtilib.runtime import format_info, info
+
+    data = info()
+    print(json.dumps(data, indent=2) if args.json else format_info(data))
+    return 0
+
+
+def _cmd_course(args) -> int:
+    from mtilib.course import DEFAULT_OUT, run_course, summary_table
+
+    results = run_course(
+        quick=args.quick,
+        only=args.only,
+        out=args.out or DEFAULT_OUT,
+        seed=args.seed,
+        device=args.device,
+        cell_timeout=args.cell_timeout,
+        fail_fast=args.fail_fast,
+    )
+    print()
+    print(summary_table(results))
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        print(f"\nFAILED {r.notebook}\n{r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_phantom(args) -> int:
+    """Generate a phantom data set in the nnU-Net layout (see mtilib.data.io)."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mtilib.constants import CLASS_NAMES, class_id
+    from mtilib.data.io import LAYOUT_ENTRIES, clear_layout, write_dataset
+    from mtilib.data.phantom import PhantomConfig, iter_cases
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: {out} exists and is not a folder", file=sys.stderr)
+        return 1
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            print(f"error: {out} is not empty; pass --force to replace the data set in it", file=sys.stderr)
+            return 1
+        clear_layout(out)  # only dataset.json and the four image/label folders, nothing else
+        leftover = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT_ENTRIES)
+        if leftover:
+            print(f"note: kept other entries in {out}: {', '.join(leftover)}")
+
+    overrides = {}
+    if args.snr is not None:
+        overrides["snr"] = args.snr if args.snr > 0 else None
+    if args.atypical_rate is not None:
+        overrides["atypical_rate"] = args.atypical_rate
+    try:
+        classes = tuple(class_id(c) for c in args.classes) if args.classes else None
+        if classes:
+            overrides["classes"] = classes
+        config = PhantomConfig.preset(args.preset, **overrides)
+        if args.size:
+            config = config.with_shape(args.size)  # same field of view, other voxel size
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_classes = len(config.classes)
+    n_train = args.cases if args.cases is not None else 3 * n_classes
+    n_test = args.test_cases if args.test_cases is not None else 2 * n_classes
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        print("error: --cases and --test-cases must be >= 0 and not both 0", file=sys.stderr)
+        return 2
+
+    bar = tqdm(total=n_train + n_test, desc="phantom", unit="case", disable=not sys.stderr.isatty())
+    train = iter_cases(n_train, args.seed, config)
+    test = iter_cases(n_test, args.seed, config, start=n_train)  # seeds continue after the training cases
+    description = f"mtilib DCE-MRI liver phantom, preset {config.preset_name}, seed {args.seed}"
+    index = write_dataset(out, train, test, dtype=args.dtype, description=description,
+                          progress=lambda case_id, split: bar.update(1))
+    bar.close()
+
+    size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    print(f"wrote {len(index.cases('train'))} training and {len(index.cases('test'))} test cases to {out} "
+          f"({size_mb:.1f} MB, intensities {args.dtype})")
+    print(f"preset {config.preset_name}: shape {'x'.join(map(str, config.shape))} voxels, spacing "
+          f"{' x '.join(f'{s:.3g}' for s in config.spacing_mm)} mm, phases at "
+          f"{', '.join(f'{t:g}' for t in config.phase_times_s)} s, SNR {config.snr}, seed {args.seed}")
+    for split in ("train", "test"):
+        counts = {}
+        for case_id in index.cases(split):
+            name = CLASS_NAMES[index.record(case_id)["class"]]
+            counts[name] = counts.get(name, 0) + 1
+        if counts:
+            print(f"  {split}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    return 0
+
+
+def _cmd_dataset_check(args) -> int:
+    """Validate a data set on disk and print its summary; exit 1 with the error if it is invalid."""
+    from mtilib.data.io import DatasetError, check_dataset, format_summary
+
+    try:
+        summary = check_dataset(args.root)
+    except DatasetError as exc:
+        print(f"invalid data set: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from mtilib.train import TrainConfig, train
+
+    if bool(args.config) == bool(args.preset):
+        print("mtilib train: give exactly one of --config FILE or --preset NAME", file=sys.stderr)
+        return 2
+    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig.preset(args.preset)
+    for key, value in (("seed", args.seed), ("device", args.device), ("precision", args.precision)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if args.epochs is not None:
+        cfg.optim.epochs = args.epochs
+    if args.deterministic:
+        cfg.deterministic = True
+    result = train(cfg, args.data, args.out, resume=args.resume)
+    if result.history:
+        print(f"[train] done: best epoch {result.best_epoch} (score {result.best_score:.3f}); "
+              f"checkpoints in {result.out_dir}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from mtilib.metrics import headline_metrics
+    from mtilib.runtime import resolve_precision, select_device
+    from mtilib.train import evaluate_cases, load_model, load_volumes
+
+    device = select_device(args.device)
+    model, cfg, _ = load_model(args.ckpt, device)
+    volumes = load_volumes(args.data, args.split)
+    if not volumes:
+        print(f"mtilib evaluate: no '{args.split}' cases in {args.data}", file=sys.stderr)
+        return 1
+    metrics, _ = evaluate_cases(model, volumes, cfg.data.image_size, device,
+                                resolve_precision(cfg.precision, device))
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        table = metrics.table()
+        shown = [c for c in ("case_id", "dice", "hd95_mm", "assd_mm", "missed_lesion", "true_class_name",
+                             "pred_class_name", "enh_abs_err_arterial", "enh_abs_err_venous",
+                             "enh_abs_err_delayed") if c in table.columns]
+        print(table[shown].round(3).to_string(index=False))
+    summary = metrics.summary()
+    print("\nsummary:", json.dumps(headline_metrics(summary), indent=2))
+    out = Path(args.out) if args.out else Path(args.ckpt).with_name(f"evaluation_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metrics.to_json(out)
+    print(f"per-case table and summary written to {out}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from mtilib.constants import CLASS_NAMES, DEFAULT_PHASE_TIMES_S, LESION, PHASES
+    from mtilib.data.dataset import CaseVolume
+    from mtilib.data.io import load_phase_images
+    from mtilib.runtime import resolve_precision, select_device
+    from mtilib.train import load_model, predict_case
+
+    device = select_device(args.device)
+    model, cfg, _ = load_model(args.ckpt, device)
+    if len(args.images) != cfg.model.phases:
+        print(f"mtilib predict: the model takes {cfg.model.phases} phases, got {len(args.images)} files",
+              file=sys.stderr)
+        return 2
+    times = args.times or list(DEFAULT_PHASE_TIMES_S[: cfg.model.phases])
+    if len(times) != cfg.model.phases:
+        print(f"mtilib predict: --times needs {cfg.model.phases} values", file=sys.stderr)
+        return 2
+    images, affine = load_phase_images(args.images)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    volume = CaseVolume.from_arrays(Path(args.images[0]).name.split(".")[0], images, times, spacing)
+    pred = predict_case(model, volume, cfg.data.image_size, device, resolve_precision(cfg.precision, device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = nib.load(args.images[0]).header
+    for name, data in (("lesion_mask", (pred.label_map == LESION).astype(np.uint8)),
+                       ("labels", pred.label_map.astype(np.uint8))):
+        img = nib.Nifti1Image(data, affine)
+        img.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.set_sform(affine, code=int(header["sform_code"]) or 1)
+        nib.save(img, out / f"{name}.nii.gz")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    report = {
+        "inputs": [str(p) for p in args.images],
+        "phase_times_s": [float(t) for t in times],
+        "checkpoint": str(args.ckpt),
+        "lesion_found": bool((pred.label_map == LESION).any()),
+        "lesion_volume_ml": float((pred.label_map == LESION).sum() * voxel_ml),
+    }
+    class_names = CLASS_NAMES if cfg.model.num_classes == len(CLASS_NAMES) else \
+        [f"class_{i}" for i in range(cfg.model.num_classes)]
+    if pred.class_probs is not None:
+        report["class_probabilities"] = {n: float(p) for n, p in zip(class_names, pred.class_probs)}
+        report["predicted_class"] = class_names[pred.class_id]
+    if pred.enhancement is not None:
+        report["enhancement"] = {n: float(v) for n, v in zip(PHASES[1:], pred.enhancement)}
+    (out / "prediction.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out / 'lesion_mask.nii.gz'}, {out / 'labels.nii.gz'} and {out / 'prediction.json'}")
+    return 0
+
+
+def _cmd_student(args) -> int:
+    from mtilib.student import make_student_copies
+
+    written = make_student_copies(args.out)
+    print(f"wrote {len(written)} student notebooks (no solutions, no instructor notes) to {args.out}")
+    return 0
+
+
+def _usage(parser: argparse.ArgumentParser):
+    """A command for a group called without its subcommand: print the group's help, exit 2."""
+
+    def show(args) -> int:
+        parser.print_help()
+        return 2
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtilib",
+        description="MTI-Net for liver tumour DCE-MRI: data, training, evaluation and the course.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtilib {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("info", help="versions, device, threads and fast paths of this machine")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("course", help="execute the course notebooks with papermill and summarise them")
+    p.add_argument("--quick", action="store_true", help="QUICK mode: small data, few epochs (CI)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebook numbers")
+    p.add_argument("--out", help="where executed notebooks go (default build/course)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--cell-timeout", type=int, default=900, help="seconds allowed per cell")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    p.set_defaults(func=_cmd_course)
+
+    p = sub.add_parser(
+        "phantom", help="generate a phantom data set (nnU-Net layout with dataset.json)",
+        description="Generate seeded DCE-MRI liver phantom cases and write them in the nnU-Net layout. "
+        "Without --cases / --test-cases: 3 training and 2 test cases per class.",
+    )
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
+    p.add_argument("--cases", type=int, help="number of training cases (default: 3 per class)")
+    p.add_argument("--test-cases", type=int, help="number of test cases (default: 2 per class)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; per-case seeds derive from it")
+    p.add_argument("--preset", default="default",
+                   help="default (128x128x24) | samples (64x64x12) | quick (48x48x8), one field of view")
+    p.add_argument("--size", type=int, nargs=3, metavar=("H", "W", "S"),
+                   help="matrix size; the preset's field of view is kept (voxel size changes)")
+    p.add_argument("--snr", type=float, help="pre-contrast liver SNR of the Rician noise (0: no noise)")
+    p.add_argument("--classes", nargs="+", metavar="CLASS",
+                   help="lesion classes by name or id (default: all seven)")
+    p.add_argument("--atypical-rate", type=float, help="share of atypical presentations (default 0.1)")
+    p.add_argument("--dtype", choices=("int16", "float32"), default="int16",
+                   help="intensity storage: scaled int16 (default, half the size) or float32")
+    p.add_argument("--force", action="store_true", help="replace the data set in a non-empty --out")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("dataset", help="data-set utilities")
+    dsub = p.add_subparsers(dest="dataset_command", metavar="subcommand")
+    q = dsub.add_parser("check", help="validate a data set and print a summary (exit 1 if invalid)")
+    q.add_argument("root", help="data-set folder (with dataset.json)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    q.set_defaults(func=_cmd_dataset_check)
+    p.set_defaults(func=_usage(p))
+
+    p = sub.add_parser("train", help="train a network (MTI-Net or a baseline) on a data set")
+    p.add_argument("--config", help="YAML config file (see TrainConfig)")
+    p.add_argument("--preset", choices=["quick", "course", "paper"], help="a built-in config")
+    p.add_argument("--data", required=True, help="data set root (nnU-Net layout with dataset.json)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, history, config")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-case evaluation of a checkpoint on a data set split")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--out", help="JSON file for the per-case table and summary")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment, regress and classify one case from its phase files")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--images", nargs="+", required=True, metavar="PHASE", help="one NIfTI per phase, in order")
+    p.add_argument("--times", nargs="+", type=float, help="phase times in seconds (default 0 35 70 180)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("student", help="write student copies of the notebooks (no solutions)")
+    p.add_argument("--out", default="build/student")
+    p.set_defaults(func=_cmd_student)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

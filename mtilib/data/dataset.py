@@ -1,0 +1,263 @@
+"""From cases to training samples and back (SPEC §2.3).
+
+- :func:`normalisation_scale` / :class:`CaseVolume`: every phase of a case is divided by the same
+  robust statistic of the pre-contrast phase, so relative enhancement survives normalisation
+  (z-scoring each phase separately would erase exactly what the network must measure).
+- :class:`SliceDataset`: whole-field-of-view 2D axial slices (no liver mask needed at inference),
+  lesion slices plus a share of lesion-free liver slices, optional liver-ROI crop, augmentation.
+  Randomness comes from ``(seed, epoch, index)``, so results do not depend on the number of
+  DataLoader workers or on an interrupted-and-resumed run.
+- :func:`split_cases`: splits by case, never by slice, stratified by class.
+- :func:`aggregate_case` and :func:`stitch_slices`: per-case inference helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mtilib.constants import LESION, LIVER
+
+
+def normalisation_scale(images: np.ndarray) -> float:
+    """Robust intensity scale of a case: the median of the pre-contrast phase inside the body.
+
+    ``images (P, H, W, S)``; "inside the body" = voxels above 10 % of the pre phase's 99th
+    percentile (air and background fall below). Returns a positive float.
+    """
+    pre = np.asarray(images[0], dtype=np.float64)
+    high = np.percentile(pre, 99)
+    if not np.isfinite(high) or high <= 0:
+        raise ValueError("pre-contrast phase has no positive signal: cannot normalise this case")
+    body = pre[pre > 0.1 * high]
+    return float(np.median(body))
+
+
+@dataclass
+class CaseVolume:
+    """One case ready for slicing: images already normalised (same scale for all phases).
+
+    ``images (P, H, W, S)`` float32; ``labels (H, W, S)`` uint8 or None; ``class_id`` int or None;
+    ``enhancement (P-1,)`` case-level truth or None; ``times_s (P,)``; ``spacing (3,)`` mm;
+    ``scale`` the divisor that was applied.
+    """
+
+    case_id: str
+    images: np.ndarray
+    times_s: np.ndarray
+    spacing: np.ndarray
+    labels: np.ndarray | None = None
+    class_id: int | None = None
+    enhancement: np.ndarray | None = None
+    scale: float = 1.0
+    affine: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, case_id, images, times_s, spacing, labels=None, class_id=None,
+                    enhancement=None, affine=None) -> CaseVolume:
+        """Normalise raw images (:func:`normalisation_scale`) and wrap them."""
+        images = np.asarray(images, dtype=np.float32)
+        scale = normalisation_scale(images)
+        return cls(
+            case_id=str(case_id),
+            images=(images / scale).astype(np.float32),
+            times_s=np.asarray(times_s, dtype=np.float32),
+            spacing=np.asarray(spacing, dtype=np.float64),
+            labels=None if labels is None else np.asarray(labels, dtype=np.uint8),
+            class_id=None if class_id is None else int(class_id),
+            enhancement=None if enhancement is None else np.asarray(enhancement, dtype=np.float32),
+            scale=scale,
+            affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+        )
+
+    @classmethod
+    def from_case_data(cls, case) -> CaseVolume:
+        """From :class:`mtilib.data.io.CaseData` (a case read from disk)."""
+        return cls.from_arrays(
+            case.case_id, case.images, case.phase_times_s, case.spacing, case.labels,
+            case.record.get("class"), case.enhancement, case.affine,
+        )
+
+    @property
+    def num_slices(self) -> int:
+        return self.images.shape[-1]
+
+
+def split_cases(case_ids: list[str], classes: list[int], val_fraction: float, seed: int):
+    """Split by case, stratified by class: ``-> (train_ids, val_ids)``.
+
+    Each class with at least two cases gives ``max(1, round(val_fraction · n))`` cases to
+    validation; a class with a single case stays in training. Deterministic for a seed.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls_id in sorted(set(classes)):
+        members = sorted(c for c, k in zip(case_ids, classes) if k == cls_id)
+        rng.shuffle(members)
+        n_val = 0 if val_fraction == 0 or len(members) < 2 else max(1, round(val_fraction * len(members)))
+        val += members[:n_val]
+        train += members[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed((seed * 1_000_003 + epoch * 10_007 + index) % (2**63 - 1))
+    return gen
+
+
+def liver_bbox(labels_2d: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """Bounding box ``(r0, r1, c0, c1)`` of liver+lesion on one slice, widened by ``margin`` pixels."""
+    rows, cols = np.nonzero(labels_2d >= LIVER)
+    h, w = labels_2d.shape
+    if rows.size == 0:
+        return 0, h, 0, w
+    return (max(rows.min() - margin, 0), min(rows.max() + margin + 1, h),
+            max(cols.min() - margin, 0), min(cols.max() + margin + 1, w))
+
+
+class SliceDataset(Dataset):
+    """2D axial slices of :class:`CaseVolume` s.
+
+    Items are dicts of tensors: ``image (P, h, w)`` float32, ``times (P,)`` s, ``label (h, w)``
+    int64, ``class_id ()`` int64 (−1 when unknown), ``enhancement (P-1,)`` (zeros when not a lesion
+    slice), ``has_lesion ()`` bool (at least ``min_lesion_pixels`` lesion pixels), ``case_index``,
+    ``slice_index``.
+
+    ``negative_ratio``: lesion-free liver slices per lesion slice (chosen once, by ``seed``).
+    ``all_slices``: every slice of every case (inference). ``image_size``: output in-plane size
+    (bilinear for images, nearest for labels); ``roi_crop``: crop to the liver bounding box first.
+    """
+
+    def __init__(self, volumes: list[CaseVolume], image_size: int | None = None, negative_ratio: float = 0.5,
+                 augment: bool = False, roi_crop: bool = False, roi_margin: int = 4,
+                 min_lesion_pixels: int = 4, all_slices: bool = False, seed: int = 0):
+        self.volumes = volumes
+        self.image_size = image_size
+        self.augment = augment
+        self.roi_crop = roi_crop
+        self.roi_margin = roi_margin
+        self.min_lesion_pixels = min_lesion_pixels
+        self.seed = seed
+        self.epoch = 0
+        if roi_crop and image_size is None:
+            raise ValueError("roi_crop gives slices of varying size: set image_size too")
+        rng = np.random.default_rng(seed)
+        items = []
+        for ci, vol in enumerate(volumes):
+            if all_slices or vol.labels is None:
+                items += [(ci, s) for s in range(vol.num_slices)]
+                continue
+            lesion_px = (vol.labels == LESION).sum(axis=(0, 1))
+            liver_px = (vol.labels >= LIVER).sum(axis=(0, 1))
+            lesion = [s for s in range(vol.num_slices) if lesion_px[s] > 0]
+            negatives = [s for s in range(vol.num_slices) if lesion_px[s] == 0 and liver_px[s] > 0]
+            n_neg = min(len(negatives), int(math.ceil(negative_ratio * len(lesion))))
+            chosen = sorted(rng.choice(negatives, size=n_neg, replace=False).tolist()) if n_neg else []
+            items += [(ci, s) for s in sorted(lesion + chosen)]
+        self.items = items
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (call once per epoch, like ``DistributedSampler``)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _slice(self, vol: CaseVolume, s: int):
+        image = torch.from_numpy(np.ascontiguousarray(vol.images[..., s]))
+        label = None if vol.labels is None else torch.from_numpy(vol.labels[..., s].astype(np.int64))
+        if self.roi_crop and label is not None:
+            r0, r1, c0, c1 = liver_bbox(vol.labels[..., s], self.roi_margin)
+            image, label = image[:, r0:r1, c0:c1], label[r0:r1, c0:c1]
+        return image, label
+
+    def _resize(self, image: torch.Tensor, label: torch.Tensor | None):
+        size = self.image_size
+        if size is None or tuple(image.shape[-2:]) == (size, size):
+            return image, label
+        image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        if label is not None:
+            label = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+        return image, label
+
+    def _augment(self, image: torch.Tensor, label: torch.Tensor, gen: torch.Generator):
+        """Flips, rotation ±10°, scale 0.9–1.1 (same warp for image and label), intensity ×0.9–1.1
+        shared by all phases (a phase-wise scale would fake enhancement)."""
+        if torch.rand((), generator=gen) < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        if torch.rand((), generator=gen) < 0.5:
+            image, label = image.flip(-2), label.flip(-2)
+        angle = (torch.rand((), generator=gen).item() * 2 - 1) * math.radians(10)
+        scale = 0.9 + 0.2 * torch.rand((), generator=gen).item()
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=torch.float32)[None]
+        grid = F.affine_grid(theta, (1, 1, *image.shape[-2:]), align_corners=False)
+        image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        label = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)[0, 0].long()
+        image = image * (0.9 + 0.2 * torch.rand((), generator=gen).item())
+        return image, label
+
+    def __getitem__(self, index: int) -> dict:
+        ci, s = self.items[index]
+        vol = self.volumes[ci]
+        image, label = self._resize(*self._slice(vol, s))
+        if self.augment and label is not None:
+            image, label = self._augment(image, label, _item_generator(self.seed, self.epoch, index))
+        if label is None:
+            label = torch.zeros(image.shape[-2:], dtype=torch.int64)
+        lesion = label == LESION
+        has_lesion = bool(lesion.sum() >= self.min_lesion_pixels) and vol.labels is not None
+        if has_lesion and vol.enhancement is not None:
+            # Every slice through the lesion carries the lesion's enhancement. Measuring it on the
+            # slice's pixels instead would mix in liver signal at the partial-volume rim (a cyst
+            # would read +0.2 instead of 0), and evaluation compares against the case's truth.
+            enhancement = torch.from_numpy(vol.enhancement.astype(np.float32))
+        else:
+            enhancement = torch.zeros(image.shape[0] - 1)
+        return {
+            "image": image.contiguous(),
+            "times": torch.from_numpy(vol.times_s.astype(np.float32)),
+            "label": label,
+            "class_id": torch.tensor(-1 if vol.class_id is None else vol.class_id, dtype=torch.int64),
+            "enhancement": enhancement,
+            "has_lesion": torch.tensor(has_lesion),
+            "case_index": torch.tensor(ci),
+            "slice_index": torch.tensor(s),
+        }
+
+
+def aggregate_case(class_probs: np.ndarray | None, enhancement: np.ndarray | None,
+                   lesion_area: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-case class probabilities and enhancement from per-slice predictions.
+
+    ``class_probs (S, C)``, ``enhancement (S, P-1)``, ``lesion_area (S,)`` predicted lesion pixels
+    (or probability mass). Slices are weighted by predicted lesion area; when no slice has any,
+    all slices count equally (the network then found no lesion, and we say so via the area).
+    """
+    area = np.asarray(lesion_area, dtype=np.float64)
+    weights = area / area.sum() if area.sum() > 0 else np.full(area.shape, 1.0 / max(len(area), 1))
+    probs = None if class_probs is None else (weights[:, None] * class_probs).sum(0)
+    enh = None if enhancement is None else (weights[:, None] * enhancement).sum(0)
+    return probs, enh
+
+
+def stitch_slices(slices: list[np.ndarray] | np.ndarray, shape: tuple[int, int] | None = None,
+                  order: str = "nearest") -> np.ndarray:
+    """Stack per-slice 2D maps ``(h, w)`` into a volume ``(H, W, S)``, resizing to ``shape`` first.
+
+    ``order``: ``"nearest"`` for label maps, ``"bilinear"`` for probabilities.
+    """
+    stack = torch.as_tensor(np.stack(list(slices), axis=0)).float()  # (S, h, w)
+    if shape is not None and tuple(stack.shape[-2:]) != tuple(shape):
+        kwargs = {} if order == "nearest" else {"align_corners": False}
+        stack = F.interpolate(stack[:, None], size=tuple(shape), mode=order, **kwargs)[:, 0]
+    return stack.permute(1, 2, 0).numpy()

@@ -1,0 +1,602 @@
+"""On-disk layout (SPEC §2.2): nnU-Net-compatible folders plus an ``mtilib`` block in dataset.json.
+
+::
+
+    <root>/dataset.json
+    <root>/imagesTr/<case>_0000.nii.gz ... <case>_0003.nii.gz   one file per phase, in phase order
+    <root>/labelsTr/<case>.nii.gz                               0 background, 1 liver, 2 lesion
+    <root>/imagesTs/... <root>/labelsTs/...                     held-out (test) cases
+
+``dataset.json`` carries the nnU-Net keys (``channel_names``, ``labels``, ``numTraining``,
+``file_ending``) and ``mtilib``: ``class_names``, ``phase_names``, ``intensity_storage`` and one
+record per case. Required record keys: ``case``, ``split`` ("train" / "test"), ``class`` (LLD-MMRI
+id). Phantom records add ``class_name``, ``enhancement``, ``enhancement_measured``,
+``phase_times_s``, ``lesion_diameter_mm``, ``lesion_volume_ml``, ``atypical``, ``presentation``,
+``seed`` and ``settings``; records of converted real data may omit them (the enhancement is then
+measured from the images under the label, and the default phase times are assumed).
+
+Validation: :func:`read_dataset` checks dataset.json and that every expected file is there and no
+unexpected NIfTI file is; :func:`load_case` checks the contents (readable, 3D, equal shapes, equal
+affines within ``affine_tol_mm``, finite values, label values in {0, 1, 2}). Every failure raises
+one :class:`DatasetError` whose message names the file and the problem. Nothing is skipped.
+
+Intensities are stored as ``int16`` with a per-file NIfTI scale (``scl_slope``/``scl_inter``,
+chosen by nibabel to use the full int16 range: relative error <= 1/65535 of the file's range) or
+as ``float32``; int16 files are about half the size for the same content.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mtilib import __version__
+from mtilib.constants import CLASS_NAMES, DEFAULT_PHASE_TIMES_S, LABEL_NAMES, PHASES
+from mtilib.data.enhancement import relative_enhancement
+
+FILE_ENDING = ".nii.gz"
+FORMAT_VERSION = 1
+SPLITS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+LAYOUT_ENTRIES = ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs")
+#: Largest allowed difference between the affines of one case's files (mm, per matrix entry).
+AFFINE_TOL_MM = 1e-3
+INTENSITY_DTYPES = ("int16", "float32")
+
+
+class DatasetError(ValueError):
+    """A data set on disk is missing, malformed or inconsistent; the message names file and problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# Index and case containers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetIndex:
+    """What ``dataset.json`` says, with paths resolved. ``records`` keep dataset.json's order."""
+
+    root: Path
+    meta: dict
+    records: list[dict]
+    class_names: tuple[str, ...]
+    phase_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def cases(self, split: str | None = None) -> list[str]:
+        """Case ids, optionally of one split ("train" or "test")."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+        return [r["case"] for r in self.records if split is None or r["split"] == split]
+
+    def record(self, case_id: str) -> dict:
+        for r in self.records:
+            if r["case"] == case_id:
+                return r
+        raise KeyError(f"case {case_id!r} is not in {self.root / 'dataset.json'}")
+
+    def image_paths(self, case_id: str) -> list[Path]:
+        folder = SPLITS[self.record(case_id)["split"]][0]
+        return [self.root / folder / f"{case_id}_{k:04d}{FILE_ENDING}" for k in range(len(self.phase_names))]
+
+    def label_path(self, case_id: str) -> Path:
+        folder = SPLITS[self.record(case_id)["split"]][1]
+        return self.root / folder / f"{case_id}{FILE_ENDING}"
+
+
+@dataclass
+class CaseData:
+    """A loaded case: images float32 (P, H, W, S), labels uint8 (H, W, S), affine (4, 4), spacing (3,) mm."""
+
+    case_id: str
+    images: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    spacing: np.ndarray
+    record: dict
+
+    @property
+    def class_id(self) -> int:
+        return int(self.record["class"])
+
+    @property
+    def split(self) -> str:
+        return self.record["split"]
+
+    @property
+    def phase_times_s(self) -> np.ndarray:
+        times = self.record.get("phase_times_s") or DEFAULT_PHASE_TIMES_S[: self.images.shape[0]]
+        return np.asarray(times, float)
+
+    @property
+    def enhancement(self) -> np.ndarray:
+        """The record's enhancement vector, or (real data without one) measured under the lesion label."""
+        if self.record.get("enhancement") is not None:
+            return np.asarray(self.record["enhancement"], float)
+        return relative_enhancement(self.images, self.labels == 2, phase_axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI reading and writing
+# --------------------------------------------------------------------------------------------
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    """How a file is named in messages: its path as built from the data-set root (unambiguous)."""
+    return str(path)
+
+
+def _load_nifti(path: Path, root: Path | None = None, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read one 3D NIfTI volume -> (data, affine); any failure becomes a DatasetError naming the file."""
+    name = _rel(path, root)
+    if not path.is_file():
+        raise DatasetError(f"{name}: file is missing")
+    try:
+        img = nib.load(str(path))
+        if integer:
+            data = np.asanyarray(img.dataobj)
+        else:
+            data = img.get_fdata(dtype=np.float32, caching="unchanged")
+        affine = np.asarray(img.affine, float)
+    except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise DatasetError(f"{name}: cannot read the NIfTI file (truncated or corrupt?): {exc}") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:  # tolerate trailing singleton axes
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DatasetError(f"{name}: expected a 3D volume, got shape {data.shape}")
+    return data, affine
+
+
+def _check_finite(data: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(data)
+    if bad.any():
+        n_nan = int(np.isnan(data).sum())
+        raise DatasetError(f"{name}: {int(bad.sum())} non-finite voxels ({n_nan} NaN, "
+                           f"{int(bad.sum()) - n_nan} infinite)")
+
+
+def _check_same_grid(shape, affine, ref_shape, ref_affine, name: str, ref_name: str, tol: float) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise DatasetError(f"{name}: shape {tuple(shape)} differs from {ref_name} {tuple(ref_shape)}")
+    diff = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
+    if diff > tol:
+        raise DatasetError(f"{name}: affine differs from {ref_name} by up to {diff:.4g} mm "
+                           f"(tolerance {tol:g} mm)")
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, dtype) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, float))
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    # For int16 nibabel picks scl_slope / scl_inter on save so that the data use the int16 range.
+    img.set_data_dtype(dtype)
+    return img
+
+
+def _save(img: nib.Nifti1Image, path: Path, compresslevel: int = 6) -> None:
+    """Write ``.nii.gz`` byte-reproducibly (no time stamp or name in the gzip header), via a temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                               compresslevel=compresslevel, mtime=0) as fh:
+        fh.write(img.to_bytes())
+    tmp.replace(path)
+
+
+def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+               split: str = "train", dtype: str = "int16") -> list[Path]:
+    """Write one case's phase files and label file; returns the paths written.
+
+    ``images``: (P, H, W, S) non-negative intensities; ``labels``: (H, W, S) in {0, 1, 2};
+    ``affine``: NIfTI 4x4 (spacing on its diagonal for axis-aligned data). ``dtype``: "int16"
+    (scaled) or "float32".
+    """
+    root = Path(root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+    if dtype not in INTENSITY_DTYPES:
+        raise ValueError(f"dtype must be one of {INTENSITY_DTYPES}, not {dtype!r}")
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.shape[1:] != labels.shape:
+        raise ValueError(f"images (P, H, W, S) and labels (H, W, S) do not match: "
+                         f"{images.shape} vs {labels.shape}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"case {case_id}: images contain non-finite values")
+    if not np.isin(labels, (0, 1, 2)).all():
+        raise ValueError(f"case {case_id}: labels must be 0, 1 or 2")
+    image_dir, label_dir = (root / d for d in SPLITS[split])
+    paths = []
+    for k, phase in enumerate(images):
+        path = image_dir / f"{case_id}_{k:04d}{FILE_ENDING}"
+        _save(_nifti(phase, affine, np.int16 if dtype == "int16" else np.float32), path)
+        paths.append(path)
+    path = label_dir / f"{case_id}{FILE_ENDING}"
+    _save(_nifti(labels.astype(np.uint8), affine, np.uint8), path)
+    paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# dataset.json
+# --------------------------------------------------------------------------------------------
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def phantom_record(case, case_id: str, split: str) -> dict:
+    """The dataset.json record of a :class:`~mtilib.data.phantom.PhantomCase`."""
+    return _json_ready({
+        "case": case_id,
+        "split": split,
+        "class": int(case.class_id),
+        "class_name": case.class_name,
+        "enhancement": [float(v) for v in case.enhancement],
+        "enhancement_measured": (None if case.enhancement_measured is None
+                                 else [float(v) for v in case.enhancement_measured]),
+        "phase_times_s": [float(v) for v in case.phase_times_s],
+        "lesion_diameter_mm": round(float(case.lesion_diameter_mm), 3),
+        "lesion_volume_ml": round(float(case.lesion_volume_ml), 4),
+        "atypical": bool(case.atypical),
+        "presentation": case.presentation,
+        "seed": int(case.seed),
+        "settings": case.config,
+    })
+
+
+def write_dataset_json(root, records: Sequence[dict], name: str = "mtilib-phantom", description: str = "",
+                       intensity_storage: str = "int16", phase_names: Sequence[str] = PHASES,
+                       class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """Write ``dataset.json`` for ``records`` (see the module docstring for the keys)."""
+    root = Path(root)
+    meta = {
+        "name": name,
+        "description": description,
+        "channel_names": {str(k): p for k, p in enumerate(phase_names)},
+        "labels": {n: i for i, n in enumerate(LABEL_NAMES)},
+        "numTraining": sum(1 for r in records if r["split"] == "train"),
+        "numTest": sum(1 for r in records if r["split"] == "test"),
+        "file_ending": FILE_ENDING,
+        "mtilib": {
+            "format_version": FORMAT_VERSION,
+            "mtilib_version": __version__,
+            "class_names": list(class_names),
+            "phase_names": list(phase_names),
+            "intensity_storage": intensity_storage,
+            "cases": [_json_ready(r) for r in records],
+        },
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "dataset.json"
+    path.write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+def write_dataset(root, train_cases: Iterable, test_cases: Iterable = (), dtype: str = "int16",
+                  prefix: str = "phantom", name: str = "mtilib-phantom", description: str = "",
+                  progress=None) -> DatasetIndex:
+    """Write phantom cases in the nnU-Net layout and ``dataset.json``; returns the index read back.
+
+    ``train_cases`` / ``test_cases``: iterables of ``PhantomCase`` (generators are consumed one case
+    at a time, so a large data set never sits in memory). Case ids are ``<prefix>_<nnn>``, numbered
+    through both splits. ``progress``: optional callable(case_id, split) called after each case.
+    """
+    root = Path(root)
+    records = []
+    counter = 0
+    for split, cases in (("train", train_cases), ("test", test_cases)):
+        for case in cases:
+            case_id = f"{prefix}_{counter:03d}"
+            counter += 1
+            write_case(root, case_id, case.images, case.labels, case.affine, split=split, dtype=dtype)
+            records.append(phantom_record(case, case_id, split))
+            if progress is not None:
+                progress(case_id, split)
+    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)  # nnU-Net expects the folders to exist
+    write_dataset_json(root, records, name=name, description=description, intensity_storage=dtype)
+    return read_dataset(root)
+
+
+def clear_layout(root) -> None:
+    """Remove the data-set entries (dataset.json and the four folders) from ``root``, nothing else."""
+    root = Path(root)
+    for entry in LAYOUT_ENTRIES:
+        path = root / entry
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], list[dict]]:
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{where}: the top level must be a JSON object")
+    for key in ("channel_names", "labels", "numTraining", "file_ending", "mtilib"):
+        if key not in meta:
+            raise DatasetError(f"{where}: missing key {key!r}")
+    if meta["file_ending"] != FILE_ENDING:
+        raise DatasetError(f"{where}: file_ending must be {FILE_ENDING!r}, got {meta['file_ending']!r}")
+    channels = meta["channel_names"]
+    if not isinstance(channels, dict) or not channels or set(channels) != set(map(str, range(len(channels)))):
+        raise DatasetError(f"{where}: channel_names must map '0', '1', ... to phase names, got {channels!r}")
+    expected_labels = {n: i for i, n in enumerate(LABEL_NAMES)}
+    if meta["labels"] != expected_labels:
+        raise DatasetError(f"{where}: labels must be {expected_labels}, got {meta['labels']!r}")
+    block = meta["mtilib"]
+    if not isinstance(block, dict):
+        raise DatasetError(f"{where}: 'mtilib' must be an object")
+    for key in ("class_names", "phase_names", "cases"):
+        if key not in block:
+            raise DatasetError(f"{where}: missing key 'mtilib.{key}'")
+    phase_names = block["phase_names"]
+    class_names = block["class_names"]
+    if not isinstance(phase_names, list) or len(phase_names) < 2:
+        raise DatasetError(f"{where}: mtilib.phase_names must list at least two phases")
+    if [channels[str(k)] for k in range(len(channels))] != phase_names:
+        raise DatasetError(f"{where}: channel_names {channels} disagree with "
+                           f"mtilib.phase_names {phase_names}")
+    if not isinstance(class_names, list) or not class_names:
+        raise DatasetError(f"{where}: mtilib.class_names must be a non-empty list")
+    records = block["cases"]
+    if not isinstance(records, list):
+        raise DatasetError(f"{where}: mtilib.cases must be a list of records")
+    n_phases = len(phase_names)
+    seen = set()
+    for i, rec in enumerate(records):
+        label = f"{where}: case record {i}"
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{label} is not an object")
+        case = rec.get("case")
+        if not isinstance(case, str) or not case or "/" in case:
+            raise DatasetError(f"{label}: 'case' must be a non-empty name, got {case!r}")
+        label = f"{where}: case {case!r}"
+        if case in seen:
+            raise DatasetError(f"{label} is listed twice")
+        seen.add(case)
+        if rec.get("split") not in SPLITS:
+            raise DatasetError(f"{label}: split must be 'train' or 'test', got {rec.get('split')!r}")
+        cls = rec.get("class")
+        if not _is_int(cls) or not 0 <= cls < len(class_names):
+            raise DatasetError(f"{label}: class id {cls!r} is out of range 0..{len(class_names) - 1}")
+        enh = rec.get("enhancement")
+        if enh is not None and (not isinstance(enh, list) or len(enh) != n_phases - 1
+                                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in enh)):
+            raise DatasetError(f"{label}: enhancement must be {n_phases - 1} finite numbers, got {enh!r}")
+        times = rec.get("phase_times_s")
+        if times is not None and (not isinstance(times, list) or len(times) != n_phases
+                                  or not all(isinstance(v, (int, float)) for v in times)
+                                  or any(b <= a for a, b in zip(times, times[1:]))):
+            raise DatasetError(f"{label}: phase_times_s must be {n_phases} increasing numbers, got {times!r}")
+    n_train = sum(1 for r in records if r["split"] == "train")
+    if not _is_int(meta["numTraining"]) or meta["numTraining"] != n_train:
+        raise DatasetError(f"{where}: numTraining is {meta['numTraining']!r} but {n_train} cases "
+                           "have split 'train'")
+    return tuple(class_names), tuple(phase_names), records
+
+
+def read_dataset(root) -> DatasetIndex:
+    """Read and validate ``<root>/dataset.json`` and the presence of every file it implies.
+
+    Raises :class:`DatasetError` for a missing or malformed dataset.json, a missing phase or label
+    file, or a NIfTI file in the layout folders that no record accounts for.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data-set folder does not exist")
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset.json is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: dataset.json is not valid JSON ({exc})") from exc
+    class_names, phase_names, records = _validate_meta(meta, str(path))
+    index = DatasetIndex(root=root, meta=meta, records=records, class_names=class_names,
+                         phase_names=phase_names)
+
+    expected: set[Path] = set()
+    for rec in records:
+        case = rec["case"]
+        for k, p in enumerate(index.image_paths(case)):
+            if not p.is_file():
+                raise DatasetError(f"{_rel(p, root)}: missing phase file (phase {k}, "
+                                   f"'{phase_names[k]}') of case {case!r}")
+            expected.add(p)
+        p = index.label_path(case)
+        if not p.is_file():
+            raise DatasetError(f"{_rel(p, root)}: missing label file of case {case!r}")
+        expected.add(p)
+    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        for p in sorted((root / folder).glob("*")) if (root / folder).is_dir() else ():
+            if p.name.endswith((".nii", ".nii.gz")) and p not in expected:
+                raise DatasetError(f"{_rel(p, root)}: NIfTI file not accounted for by any record in "
+                                   "dataset.json (unknown case or phase index)")
+    return index
+
+
+def load_case(index: DatasetIndex, case_id: str, affine_tol_mm: float = AFFINE_TOL_MM) -> CaseData:
+    """Load and validate one case's phases and label (see the module docstring for the checks)."""
+    try:
+        record = index.record(case_id)
+    except KeyError as exc:
+        raise DatasetError(str(exc.args[0])) from exc
+    root = index.root
+    paths = index.image_paths(case_id)
+    images, affine = _load_phases(paths, root, affine_tol_mm)
+    label_path = index.label_path(case_id)
+    name = _rel(label_path, root)
+    raw, label_affine = _load_nifti(label_path, root, integer=True)
+    _check_same_grid(raw.shape, label_affine, images.shape[1:], affine, name, _rel(paths[0], root),
+                     affine_tol_mm)
+    if not np.issubdtype(raw.dtype, np.integer):
+        _check_finite(raw, name)
+        if np.any(raw != np.round(raw)):
+            raise DatasetError(f"{name}: label values must be integers 0, 1, 2")
+    bad = np.setdiff1d(np.unique(raw), (0, 1, 2))
+    if bad.size:
+        raise DatasetError(f"{name}: label values outside {{0, 1, 2}}: {bad.tolist()[:10]}")
+    labels = raw.astype(np.uint8)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return CaseData(case_id=case_id, images=images, labels=labels, affine=affine, spacing=spacing,
+                    record=record)
+
+
+def _load_phases(paths: Sequence[Path], root: Path | None, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    volumes = []
+    ref_shape = ref_affine = None
+    ref_name = ""
+    for path in paths:
+        name = _rel(path, root)
+        data, affine = _load_nifti(path, root)
+        if ref_shape is None:
+            ref_shape, ref_affine, ref_name = data.shape, affine, name
+        else:
+            _check_same_grid(data.shape, affine, ref_shape, ref_affine, name, ref_name, tol)
+        _check_finite(data, name)
+        volumes.append(np.asarray(data, np.float32))
+    return np.stack(volumes), ref_affine
+
+
+def load_phase_images(paths, expected_phases: int | None = len(PHASES),
+                      affine_tol_mm: float = AFFINE_TOL_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Load a user's phase images for inference -> (images float32 (P, H, W, S), affine of the first).
+
+    ``paths``: one 3D file per phase in phase order (pre, arterial, venous, delayed), or a single
+    4D file with the phases on its last axis. Same checks as :func:`load_case` (readable, equal
+    shapes and affines, finite). ``expected_phases``: required phase count (``None``: any >= 2).
+    """
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if len(paths) == 1:
+        path = paths[0]
+        if not path.is_file():
+            raise DatasetError(f"{path}: file is missing")
+        try:
+            img = nib.load(str(path))
+            data = img.get_fdata(dtype=np.float32, caching="unchanged")
+            affine = np.asarray(img.affine, float)
+        except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+            raise DatasetError(f"{path}: cannot read the NIfTI file (truncated or corrupt?): {exc}") from exc
+        if data.ndim != 4:
+            raise DatasetError(f"{path}: a single file must be 4D with the phases last, "
+                               f"got shape {data.shape}")
+        _check_finite(data, str(path))
+        images = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32)
+    else:
+        images, affine = _load_phases(paths, None, affine_tol_mm)
+    n = images.shape[0]
+    if expected_phases is not None and n != expected_phases:
+        raise DatasetError(f"{paths[0]}: expected {expected_phases} phases ({', '.join(PHASES)}), got {n}")
+    if n < 2:
+        raise DatasetError(f"{paths[0]}: need at least two phases, got {n}")
+    return images, affine
+
+
+# --------------------------------------------------------------------------------------------
+# Data-set summary (``mtilib dataset check``)
+# --------------------------------------------------------------------------------------------
+
+
+def check_dataset(root, affine_tol_mm: float = AFFINE_TOL_MM) -> dict:
+    """Validate a whole data set (index and every case; each case must contain lesion voxels) and
+    summarise it.
+
+    Returns a dict: ``root``, ``cases`` (count), ``counts`` {split: {class_name: n}}, ``shapes`` and
+    ``spacings`` (distinct values with counts), ``enhancement`` {class_name: {"min": [...],
+    "max": [...], "mean": [...]}} over all cases, ``lesion_diameter_mm`` [min, max], ``atypical``
+    (count). Raises :class:`DatasetError` at the first problem.
+    """
+    index = read_dataset(root)
+    counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    shapes: dict[str, int] = {}
+    spacings: dict[str, int] = {}
+    enh: dict[str, list[np.ndarray]] = {}
+    diameters = []
+    atypical = 0
+    for case_id in index.cases():
+        case = load_case(index, case_id, affine_tol_mm)
+        if not np.any(case.labels == 2):
+            raise DatasetError(f"{_rel(index.label_path(case_id), index.root)}: no lesion voxels (label 2)")
+        cname = index.class_names[case.class_id]
+        counts[case.split][cname] = counts[case.split].get(cname, 0) + 1
+        shape = "x".join(str(n) for n in case.labels.shape)
+        shapes[shape] = shapes.get(shape, 0) + 1
+        spacing = "x".join(f"{s:.3g}" for s in case.spacing)
+        spacings[spacing] = spacings.get(spacing, 0) + 1
+        enh.setdefault(cname, []).append(case.enhancement)
+        if case.record.get("lesion_diameter_mm") is not None:
+            diameters.append(float(case.record["lesion_diameter_mm"]))
+        atypical += bool(case.record.get("atypical", False))
+    enh_summary = {}
+    for cname in [c for c in index.class_names if c in enh]:
+        values = np.stack(enh[cname])
+        enh_summary[cname] = {"min": values.min(0).tolist(), "max": values.max(0).tolist(),
+                              "mean": values.mean(0).tolist()}
+    return {
+        "root": str(index.root),
+        "cases": len(index),
+        "phases": list(index.phase_names),
+        "counts": counts,
+        "shapes": shapes,
+        "spacings": spacings,
+        "enhancement": enh_summary,
+        "lesion_diameter_mm": [min(diameters), max(diameters)] if diameters else None,
+        "atypical": atypical,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable text of :func:`check_dataset`'s result."""
+    lines = [f"data set {summary['root']}: {summary['cases']} cases, valid",
+             f"phases: {', '.join(summary['phases'])}"]
+    classes = []
+    for split_counts in summary["counts"].values():
+        classes += [c for c in split_counts if c not in classes]
+    width = max([len(c) for c in classes] + [5])
+    lines.append(f"{'class':<{width}}  {'train':>5}  {'test':>5}")
+    for c in classes:
+        n_train = summary["counts"]["train"].get(c, 0)
+        n_test = summary["counts"]["test"].get(c, 0)
+        lines.append(f"{c:<{width}}  {n_train:>5}  {n_test:>5}")
+    lines.append("shapes: " + ", ".join(f"{k} ({v})" for k, v in summary["shapes"].items()))
+    lines.append("spacing (mm): " + ", ".join(f"{k} ({v})" for k, v in summary["spacings"].items()))
+    if summary.get("lesion_diameter_mm"):
+        lo, hi = summary["lesion_diameter_mm"]
+        lines.append(f"lesion diameter: {lo:.1f}-{hi:.1f} mm; atypical presentations: {summary['atypical']}")
+    post = summary["phases"][1:]
+    lines.append("relative enhancement per class, min..max (" + ", ".join(post) + "):")
+    for c, e in summary["enhancement"].items():
+        ranges = "  ".join(f"{lo:+.2f}..{hi:+.2f}" for lo, hi in zip(e["min"], e["max"]))
+        lines.append(f"  {c:<{width}}  {ranges}")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Baselines (SPEC §3): the early-fusion U-Net, single-task networks, plain multi-task network.
+
+The single-task and plain multi-task networks are :class:`MTINet` configurations (see
+:func:`baseline_config`), so that every comparison changes one thing at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtilib.models.heads import SegmentationHead
+from mtilib.models.mtinet import Decoder, Encoder, ModelConfig, MTIOutput, check_input
+
+
+class EarlyFusionUNet(nn.Module):
+    """Phases stacked as input channels, one U-Net, segmentation only.
+
+    ``x (B, P, H, W), times_s (B, P) (ignored) -> MTIOutput(seg_logits (B, K, H, W))``.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        config = config or ModelConfig(arch="unet", tasks=("seg",), mdief=False, transformer=False,
+                                       tim=False, tdd=False)
+        if overrides:
+            config = ModelConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.encoder = Encoder(config.phases, config.widths, config.blocks_per_stage)
+        self.decoder = Decoder(config.widths)
+        self.seg_head = SegmentationHead(config.widths[0], config.num_labels)
+
+    def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
+        check_input(x, times_s, self.config.phases)
+        feats = self.encoder(x)
+        dec = self.decoder(feats[3], feats[:3])
+        return MTIOutput(self.seg_head(dec).float(), None, None, {})
+
+
+#: Names of the networks the results table compares, and what each changes.
+BASELINES = {
+    "mtinet": "MTI-Net, all modules",
+    "no_mdief": "MTI-Net without MdIEF (1×1-conv fusion)",
+    "no_transformer": "MTI-Net without the phase Transformer (mean over phases)",
+    "no_tim": "MTI-Net without TIM (no pooling, FiLM or consistency loss)",
+    "no_tdd": "MTI-Net without the adversarial discriminator",
+    "multitask": "plain multi-task: shared encoder, three heads, summed losses",
+    "seg_only": "single-task segmentation network",
+    "reg_only": "single-task enhancement regression network",
+    "cls_only": "single-task classification network",
+    "unet": "early-fusion U-Net (phases as channels), segmentation only",
+}
+
+
+def baseline_config(name: str, base: ModelConfig | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a named network from :data:`BASELINES`, widths taken from ``base``."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown network {name!r}; choose from {', '.join(BASELINES)}")
+    data = (base or ModelConfig()).to_dict()
+    data.update(arch="mtinet", mdief=True, transformer=True, tim=True, tdd=True, tasks=("seg", "reg", "cls"))
+    off = dict(mdief=False, transformer=False, tim=False, tdd=False)
+    changes = {
+        "mtinet": {},
+        "no_mdief": {"mdief": False},
+        "no_transformer": {"transformer": False},
+        "no_tim": {"tim": False},
+        "no_tdd": {"tdd": False},
+        "multitask": off,
+        "seg_only": {**off, "tasks": ("seg",)},
+        "reg_only": {**off, "tasks": ("reg",)},
+        "cls_only": {**off, "tasks": ("cls",)},
+        "unet": {**off, "arch": "unet", "tasks": ("seg",)},
+    }[name]
+    data.update(changes)
+    return ModelConfig(**data)

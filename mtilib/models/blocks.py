@@ -1,0 +1,167 @@
+"""Reusable building blocks: conv blocks, Haar DWT, Gaussian FFT high-pass, spectral entropy,
+time encoding. Assemblies (MdIEF, MTI-Net, baselines) live in their own modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_count(channels: int, max_groups: int = 8) -> int:
+    """Largest divisor of ``channels`` not above ``max_groups`` (GroupNorm needs a divisor)."""
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias) -> GroupNorm -> SiLU. ``(B, cin, H, W) -> (B, cout, H/stride, W/stride)``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.GroupNorm(group_count(cout), cout),
+            nn.SiLU(inplace=True),
+        )
+
+
+class ResBlock(nn.Module):
+    """Residual block: two 3×3 convolutions, a 1×1 projection on the skip when shapes change.
+
+    ``(B, cin, H, W) -> (B, cout, H/stride, W/stride)``.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = ConvNormAct(cin, cout, 3, stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(group_count(cout), cout)
+        )
+        self.skip = (
+            nn.Identity()
+            if cin == cout and stride == 1
+            else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(group_count(cout), cout)
+            )
+        )
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.skip(x))
+
+
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Replicate one row/column where H or W is odd (PyWavelets' 'symmetric' mode for Haar)."""
+    pad_w, pad_h = x.shape[-1] % 2, x.shape[-2] % 2
+    if pad_w or pad_h:
+        shape = x.shape
+        flat = x.reshape(-1, 1, shape[-2], shape[-1])
+        flat = F.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
+        x = flat.reshape(*shape[:-2], flat.shape[-2], flat.shape[-1])
+    return x
+
+
+def haar_dwt2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One-level orthonormal 2D Haar transform over the last two axes.
+
+    ``(..., H, W) -> LL, LH, HL, HH`` each ``(..., ceil(H/2), ceil(W/2))``. Matches
+    ``pywt.dwt2(x, "haar")`` = ``(cA, (cH, cV, cD))``: LH is the horizontal detail (differences
+    between rows), HL the vertical detail (differences between columns), HH the diagonal.
+    """
+    x = _pad_even(x)
+    a = x[..., 0::2, 0::2]
+    b = x[..., 0::2, 1::2]
+    c = x[..., 1::2, 0::2]
+    d = x[..., 1::2, 1::2]
+    ll = (a + b + c + d) * 0.5
+    lh = (a + b - c - d) * 0.5
+    hl = (a - b + c - d) * 0.5
+    hh = (a - b - c + d) * 0.5
+    return ll, lh, hl, hh
+
+
+def haar_idwt2d(ll: torch.Tensor, lh: torch.Tensor, hl: torch.Tensor, hh: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt2d` (for even sizes): four ``(..., h, w)`` bands -> ``(..., 2h, 2w)``."""
+    a = (ll + lh + hl + hh) * 0.5
+    b = (ll + lh - hl - hh) * 0.5
+    c = (ll - lh + hl - hh) * 0.5
+    d = (ll - lh - hl + hh) * 0.5
+    h, w = ll.shape[-2:]
+    out = ll.new_empty(*ll.shape[:-2], 2 * h, 2 * w)
+    out[..., 0::2, 0::2] = a
+    out[..., 0::2, 1::2] = b
+    out[..., 1::2, 0::2] = c
+    out[..., 1::2, 1::2] = d
+    return out
+
+
+def gaussian_highpass_response(height: int, width: int, sigma: float, device=None,
+                               onesided: bool = False) -> torch.Tensor:
+    """Transfer function ``1 - exp(-(fx² + fy²) / (2 σ²))`` on the FFT grid, frequencies in
+    cycles/pixel (``torch.fft.fftfreq`` layout, DC at index 0). ``(H, W)`` float32, or
+    ``(H, W//2 + 1)`` with ``onesided=True`` (the ``rfft2`` half-spectrum)."""
+    fy = torch.fft.fftfreq(height, device=device)
+    fx = torch.fft.rfftfreq(width, device=device) if onesided else torch.fft.fftfreq(width, device=device)
+    radius2 = fy[:, None] ** 2 + fx[None, :] ** 2
+    return 1.0 - torch.exp(-radius2 / (2.0 * sigma**2))
+
+
+def gaussian_highpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Smooth Gaussian high-pass of each ``(H, W)`` map: FFT2, multiply, inverse FFT2.
+
+    ``(..., H, W) -> (..., H, W)``; computed in float32 (FFTs have no bf16 kernels) and returned in
+    the input's dtype. ``sigma`` is in cycles/pixel: 0.1 keeps detail finer than about 10 pixels.
+    The input is real and the response symmetric, so the real FFT (half the work of a complex
+    one) gives the same result.
+    """
+    dtype = x.dtype
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.rfft2(x.float())
+    response = gaussian_highpass_response(height, width, sigma, device=x.device, onesided=True)
+    return torch.fft.irfft2(spectrum * response, s=(height, width)).to(dtype)
+
+
+def spectral_entropy(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalised entropy of the energy distribution over positions.
+
+    ``p = x² / Σ x²`` over the last two axes, ``H = -Σ p log p / log(H·W)``: 1 for energy spread
+    uniformly, 0 for a single spike (all energy in one position). ``(..., H, W) -> (...)``.
+    A map with no energy counts as uniform (H = 1): it carries no structure to prefer.
+    """
+    energy = x.float().pow(2).flatten(-2)
+    total = energy.sum(-1, keepdim=True)
+    n = energy.shape[-1]
+    p = torch.where(total > eps, energy / total.clamp_min(eps), torch.full_like(energy, 1.0 / n))
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+    return entropy / math.log(n) if n > 1 else torch.zeros_like(entropy)
+
+
+class TimeEncoding(nn.Module):
+    """Sinusoidal features of the acquisition time, projected to ``dim``.
+
+    ``times (..., ) seconds -> (..., dim)``. Periods are spaced geometrically from 20 s to 2000 s,
+    so both the arterial (~35 s) and delayed (~180 s) scales are resolved, and a protocol with
+    other timings maps to nearby, meaningful codes (unlike a phase *index* embedding).
+    """
+
+    def __init__(self, dim: int, n_frequencies: int = 8, min_period_s: float = 20.0,
+                 max_period_s: float = 2000.0):
+        super().__init__()
+        periods = torch.logspace(math.log10(min_period_s), math.log10(max_period_s), n_frequencies)
+        self.register_buffer("angular", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * n_frequencies, dim)
+
+    def forward(self, times_s: torch.Tensor) -> torch.Tensor:
+        phase = times_s.float().unsqueeze(-1) * self.angular
+        return self.proj(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))
+
+
+class MLP(nn.Sequential):
+    """Linear -> SiLU -> Dropout -> Linear."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(cin, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))

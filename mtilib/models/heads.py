@@ -1,0 +1,56 @@
+"""Task heads (SPEC §3.6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtilib.models.blocks import MLP, ConvNormAct
+
+
+class SegmentationHead(nn.Sequential):
+    """``(B, C, H, W) -> (B, K, H, W)`` logits: one 3×3 ConvNormAct then a 1×1 classifier."""
+
+    def __init__(self, channels: int, num_labels: int):
+        super().__init__(ConvNormAct(channels, channels), nn.Conv2d(channels, num_labels, 1))
+
+
+class RegressionHead(nn.Module):
+    """MLP over the region descriptors and the pooled summary.
+
+    ``descriptors (B, P, d), pooled (B, F) -> enhancement (B, P-1), embedding (B, hidden)``;
+    the embedding is what TIM's FiLM reads.
+    """
+
+    def __init__(self, phases: int, descriptor_dim: int, pooled_dim: int, hidden: int = 64,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(phases * descriptor_dim + pooled_dim, hidden), nn.SiLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.SiLU(),
+        )
+        self.out = nn.Linear(hidden, phases - 1)
+
+    def forward(self, descriptors: torch.Tensor, pooled: torch.Tensor):
+        embedding = self.body(torch.cat([descriptors.flatten(1), pooled], dim=1))
+        return self.out(embedding), embedding
+
+
+class ClassificationHead(nn.Module):
+    """MLP over pooled summary, region descriptors and (optionally) the regressed enhancement.
+
+    ``pooled (B, F), descriptors (B, P, d), enhancement (B, P-1) or None -> logits (B, C)``.
+    """
+
+    def __init__(self, phases: int, descriptor_dim: int, pooled_dim: int, num_classes: int,
+                 use_enhancement: bool = True, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.use_enhancement = use_enhancement
+        cin = pooled_dim + phases * descriptor_dim + (phases - 1 if use_enhancement else 0)
+        self.mlp = MLP(cin, hidden, num_classes, dropout)
+
+    def forward(self, pooled, descriptors, enhancement=None):
+        parts = [pooled, descriptors.flatten(1)]
+        if self.use_enhancement:
+            parts.append(enhancement)
+        return self.mlp(torch.cat(parts, dim=1))

@@ -1,0 +1,245 @@
+"""MTI-Net assembled from its modules (SPEC §3).
+
+``x (B, P, H, W)`` phase images, ``times_s (B, P)`` -> :class:`MTIOutput`.
+
+1. a phase encoder shared by all phases (phases folded into the batch), stem + 4 residual stages
+   of widths ``(w, 2w, 4w, 8w)``;
+2. the shallow phase Transformer at the bottleneck (or the mean over phases);
+3. MdIEF at the three skip levels (or a 1×1-conv fusion);
+4. a U-Net decoder -> the preliminary lesion probability ``s0``;
+5. TIM: ``s0`` pools region descriptors (seg -> reg), the regression embedding FiLMs the
+   decoder (reg -> seg) before the final segmentation;
+6. regression and classification heads.
+
+The adversary (TDD) is a separate module that only the trainer uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtilib.constants import LABEL_NAMES, NUM_CLASSES, PHASES
+from mtilib.models.blocks import ConvNormAct, ResBlock
+from mtilib.models.heads import ClassificationHead, RegressionHead, SegmentationHead
+from mtilib.models.mdief import MdIEF, PlainFusion
+from mtilib.models.tim import TaskInteraction
+from mtilib.models.transformer import PhaseMean, PhaseTransformer
+
+TASKS = ("seg", "reg", "cls")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a network. ``arch``: ``"mtinet"`` or ``"unet"`` (early fusion).
+
+    Switches ``mdief``, ``transformer``, ``tim``, ``tdd`` replace each module by its plain
+    alternative; ``tasks`` builds single-task networks (e.g. ``("seg",)``). All four switches off
+    with all three tasks is the plain multi-task network.
+    """
+
+    arch: str = "mtinet"
+    phases: int = len(PHASES)
+    num_classes: int = NUM_CLASSES
+    num_labels: int = len(LABEL_NAMES)
+    width: int = 32
+    blocks_per_stage: int = 1
+    mdief: bool = True
+    transformer: bool = True
+    tim: bool = True
+    tdd: bool = True
+    tasks: tuple[str, ...] = TASKS
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    descriptor_dim: int = 32
+    head_hidden: int = 64
+    highpass_sigma: float = 0.1
+    dropout: float = 0.1
+    tdd_dim: int = 64
+    tdd_layers: int = 2
+    tdd_heads: int = 4
+
+    def __post_init__(self):
+        self.tasks = tuple(self.tasks)
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if self.arch not in ("mtinet", "unet"):
+            raise ValueError(f"arch must be 'mtinet' or 'unet', not {self.arch!r}")
+        if self.arch == "unet" and self.tasks != ("seg",):
+            raise ValueError("the early-fusion U-Net baseline is segmentation-only: tasks=('seg',)")
+        if self.tim and not {"seg", "reg"} <= set(self.tasks):
+            raise ValueError("TIM links segmentation and regression: it needs tasks 'seg' and 'reg'")
+        if self.tdd and not {"reg", "cls"} <= set(self.tasks):
+            raise ValueError("TDD judges regression and classification together: it needs 'reg' and 'cls'")
+        if self.width % 2 or (8 * self.width) % self.transformer_heads:
+            raise ValueError(f"width {self.width} must be even and 8·width divisible by the heads")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        return cls(**data)
+
+    @property
+    def widths(self) -> tuple[int, int, int, int]:
+        w = self.width
+        return (w, 2 * w, 4 * w, 8 * w)
+
+
+@dataclass
+class MTIOutput:
+    """Network outputs. Tasks a network does not do are ``None``.
+
+    seg_logits (B, K, H, W); enhancement (B, P-1); class_logits (B, C); aux: tensors for plots and
+    losses (``prelim_logits``, ``descriptors``, ``pooled``, ``measured_enhancement``,
+    ``entropy_weights`` (list per level of (B, 3, C)), ``phase_attention``, ``phase_pool_weights``).
+    """
+
+    seg_logits: torch.Tensor | None
+    enhancement: torch.Tensor | None
+    class_logits: torch.Tensor | None
+    aux: dict = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """Stem + 4 residual stages. ``(N, cin, H, W) -> [(N, w, H, W), (N, 2w, H/2, W/2), ...]``."""
+
+    def __init__(self, cin: int, widths: tuple[int, ...], blocks_per_stage: int = 1):
+        super().__init__()
+        self.stem = ConvNormAct(cin, widths[0])
+        stages = []
+        prev = widths[0]
+        for i, width in enumerate(widths):
+            blocks = [ResBlock(prev, width, stride=1 if i == 0 else 2)]
+            blocks += [ResBlock(width, width) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            prev = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+class UpBlock(nn.Module):
+    """Upsample ×2 (bilinear), concatenate the skip, residual block. Output has ``cout`` channels."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.block = ResBlock(cin + cskip, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+class Decoder(nn.Module):
+    """U-Net decoder: bottleneck (8w) + skips (w, 2w, 4w) -> ``(B, w, H, W)``."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.up3 = UpBlock(w4, w3, w3)
+        self.up2 = UpBlock(w3, w2, w2)
+        self.up1 = UpBlock(w2, w1, w1)
+
+    def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = self.up3(bottleneck, skips[2])
+        x = self.up2(x, skips[1])
+        return self.up1(x, skips[0])
+
+
+def check_input(x: torch.Tensor, times_s: torch.Tensor, phases: int) -> None:
+    """Raise a clear error for inputs the network cannot take."""
+    if x.ndim != 4 or x.shape[1] != phases:
+        raise ValueError(f"expected images of shape (B, {phases}, H, W), got {tuple(x.shape)}")
+    if times_s.shape != x.shape[:2]:
+        raise ValueError(f"expected phase times of shape {tuple(x.shape[:2])}, got {tuple(times_s.shape)}")
+    if x.shape[-1] % 8 or x.shape[-2] % 8:
+        raise ValueError(f"H and W must be multiples of 8 (three 2× down-samplings), got {tuple(x.shape[-2:])}")
+
+
+class MTINet(nn.Module):
+    """MTI-Net. ``forward(x (B, P, H, W), times_s (B, P)) -> MTIOutput``."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        config = config or ModelConfig()
+        if overrides:
+            config = ModelConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        c = config
+        w1, w2, w3, w4 = c.widths
+        self.encoder = Encoder(1, c.widths, c.blocks_per_stage)
+        self.phase_mixer = (
+            PhaseTransformer(w4, c.transformer_layers, c.transformer_heads) if c.transformer else PhaseMean()
+        )
+        self.has_seg = "seg" in c.tasks
+        if self.has_seg:
+            fusion = MdIEF if c.mdief else PlainFusion
+            kwargs = {"highpass_sigma": c.highpass_sigma} if c.mdief else {}
+            self.fusions = nn.ModuleList(fusion(ch, c.phases, **kwargs) for ch in (w1, w2, w3))
+            self.decoder = Decoder(c.widths)
+            self.seg_head = SegmentationHead(w1, c.num_labels)
+            if c.tim:
+                self.prelim_head = nn.Conv2d(w1, 1, 1)
+        self.tim = TaskInteraction([w1, w2], c.descriptor_dim, c.head_hidden, w1, enabled=c.tim)
+        if "reg" in c.tasks:
+            self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout)
+        if "cls" in c.tasks:
+            self.cls_head = ClassificationHead(
+                c.phases, c.descriptor_dim, w4, c.num_classes, use_enhancement="reg" in c.tasks,
+                dropout=c.dropout,
+            )
+
+    def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
+        c = self.config
+        check_input(x, times_s, c.phases)
+        b, p, h, w = x.shape
+        folded = x.reshape(b * p, 1, h, w)
+        feats = [f.reshape(b, p, *f.shape[1:]) for f in self.encoder(folded)]
+        _, summary, aux = self.phase_mixer(feats[3], times_s)
+        pooled = summary.float().mean((-2, -1))
+        aux["pooled"] = pooled
+
+        dec = None
+        mask = None
+        if self.has_seg:
+            fused = []
+            aux["entropy_weights"] = []
+            for fusion, f in zip(self.fusions, feats[:3]):
+                fmap, weights = fusion(f)
+                fused.append(fmap)
+                if weights is not None:
+                    aux["entropy_weights"].append(weights.float())
+            dec = self.decoder(summary, fused)
+            if c.tim:
+                aux["prelim_logits"] = self.prelim_head(dec).float()
+                mask = torch.sigmoid(aux["prelim_logits"])
+
+        descriptors, measured = self.tim.describe(x, feats[:2], mask)
+        aux["descriptors"] = descriptors
+        aux["measured_enhancement"] = measured
+
+        enhancement = embedding = None
+        if "reg" in c.tasks:
+            enhancement, embedding = self.reg_head(descriptors, pooled)
+            enhancement = enhancement.float()
+        seg_logits = None
+        if self.has_seg:
+            if c.tim:
+                dec = self.tim.modulate(dec, embedding)
+            seg_logits = self.seg_head(dec).float()
+        class_logits = None
+        if "cls" in c.tasks:
+            class_logits = self.cls_head(pooled, descriptors, enhancement).float()
+        return MTIOutput(seg_logits, enhancement, class_logits, aux)

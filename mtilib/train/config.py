@@ -1,0 +1,174 @@
+"""One config object for a run (SPEC §4): dataclasses with a YAML round trip and presets.
+
+``TrainConfig.preset("quick" | "course" | "paper")``; ``cfg.to_yaml(path)``;
+``TrainConfig.from_yaml(path)``. Unknown keys in a YAML file are an error (a typo must not be
+silently ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mtilib.losses import GAN_KINDS, LossWeights
+from mtilib.models import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the data are and how slices are made. ``image_size`` is the in-plane size the
+    network sees (slices are resized); ``val_fraction`` of the training cases (by case, stratified
+    by class) is held out for validation and checkpoint selection."""
+
+    image_size: int = 64
+    val_fraction: float = 0.2
+    negative_ratio: float = 0.5
+    roi_crop: bool = False
+    augment: bool = True
+    min_lesion_pixels: int = 4
+    num_workers: int = 0
+    class_weights: bool = False  # inverse-frequency weights in the classification CE
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (per step); a separate Adam for the discriminator.
+    ``batch_size`` is global: under DDP each process takes ``batch_size / world_size``."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    d_lr: float = 2e-4
+    d_betas: tuple[float, float] = (0.5, 0.999)
+
+
+@dataclass
+class AdversarialConfig:
+    """TDD training: objective, instance noise, label smoothing of the real class token, and the
+    schedule of the adversarial weight (0 during ``warmup_epochs``, then a linear ramp to λ_adv
+    over ``ramp_epochs``)."""
+
+    kind: str = "lsgan"
+    instance_noise: float = 0.05
+    real_label_smoothing: float = 0.1
+    warmup_epochs: float = 2.0
+    ramp_epochs: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "mtinet"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 only where it is faster, see runtime)
+    channels_last: str | bool = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 0  # steps between log lines inside an epoch (0: epoch lines only)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+    def __post_init__(self):
+        if self.adversarial.kind not in GAN_KINDS:
+            raise ValueError(f"adversarial.kind must be one of {GAN_KINDS}, not {self.adversarial.kind!r}")
+
+    # --- presets ---------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> TrainConfig:
+        """``quick``: CI and QUICK notebooks (seconds). ``course``: the shipped checkpoint, about
+        half an hour on 2 CPU cores. ``paper``: full size (SPEC widths, 128² slices) for a GPU."""
+        if name == "quick":
+            return cls(
+                name="quick",
+                model=ModelConfig(width=8, descriptor_dim=16, head_hidden=32, tdd_dim=32),
+                data=DataConfig(image_size=64, negative_ratio=0.5),
+                optim=OptimConfig(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=0.5),
+                adversarial=AdversarialConfig(warmup_epochs=1, ramp_epochs=1),
+            )
+        if name == "course":
+            return cls(
+                name="course",
+                model=ModelConfig(width=16),
+                data=DataConfig(image_size=64),
+                optim=OptimConfig(epochs=30, batch_size=16, lr=2e-3),
+            )
+        if name == "paper":
+            return cls(
+                name="paper",
+                model=ModelConfig(width=32, blocks_per_stage=2),
+                data=DataConfig(image_size=128, num_workers=4),
+                optim=OptimConfig(epochs=200, batch_size=32, lr=1e-3, warmup_epochs=5),
+                adversarial=AdversarialConfig(warmup_epochs=20, ramp_epochs=20),
+            )
+        raise ValueError(f"unknown preset {name!r}; choose quick, course or paper")
+
+    # --- (de)serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        nested = {"model": ModelConfig, "loss": LossWeights, "data": DataConfig, "optim": OptimConfig,
+                  "adversarial": AdversarialConfig}
+        kwargs = {}
+        for key, value in data.items():
+            if key in nested:
+                kwargs[key] = _build(nested[key], value or {}, key)
+            else:
+                kwargs[key] = value
+        return _build(cls, kwargs, "config")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if isinstance(value, list):  # YAML has no tuples
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,376 @@
+"""The adversarial multi-task training loop (SPEC §4). Read it top to bottom:
+
+config -> distributed set-up -> data -> model, discriminator, optimisers -> resume -> for each
+epoch: train (network step, then discriminator step), validate per case, checkpoint, history.
+
+The same function runs on a laptop CPU, a GPU, or several processes under ``torchrun``
+(DistributedDataParallel; NCCL on GPUs, Gloo on CPU). Only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from mtilib.data.dataset import CaseVolume, SliceDataset, split_cases
+from mtilib.data.io import load_case, read_dataset
+from mtilib.losses import discriminator_loss, generator_adversarial_loss, multitask_loss
+from mtilib.metrics import headline_metrics
+from mtilib.models import build_discriminator, build_model
+from mtilib.runtime import (
+    autocast,
+    resolve_channels_last,
+    resolve_precision,
+    seed_everything,
+    select_device,
+    versions,
+)
+from mtilib.train.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from mtilib.train.config import TrainConfig
+from mtilib.train.inference import evaluate_cases, validation_score
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: where things are and the last/best validation summaries."""
+
+    out_dir: Path
+    best_score: float
+    best_epoch: int
+    history: list[dict]
+    last_summary: dict
+
+
+# --- distributed ------------------------------------------------------------------------------------
+
+def init_distributed(device_spec: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (``RANK``/``WORLD_SIZE`` set) join the process group; else a single process.
+
+    Returns ``(rank, world_size, device)``. GPUs use NCCL with one device per local rank; CPUs
+    use Gloo.
+    """
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, select_device(device_spec)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = select_device(device_spec)
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _unwrap(module):
+    module = getattr(module, "_orig_mod", module)  # torch.compile
+    return module.module if isinstance(module, DDP) else module
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def load_volumes(data_root: str | Path, split: str = "train") -> list[CaseVolume]:
+    """Read (and validate) every case of a split as normalised :class:`CaseVolume` s."""
+    index = read_dataset(data_root)
+    return [CaseVolume.from_case_data(load_case(index, r["case"])) for r in index.records if r["split"] == split]
+
+
+def split_train_val(volumes: list[CaseVolume], cfg: TrainConfig):
+    ids = [v.case_id for v in volumes]
+    classes = [v.class_id for v in volumes]
+    train_ids, val_ids = split_cases(ids, classes, cfg.data.val_fraction, cfg.seed)
+    by_id = {v.case_id: v for v in volumes}
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
+
+
+def class_weight_tensor(volumes: list[CaseVolume], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights (mean 1 over the classes present)."""
+    counts = np.bincount([v.class_id for v in volumes], minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# --- schedules ------------------------------------------------------------------------------------------
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to ``min_lr_ratio``, as a function of the step."""
+    warmup = max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, cfg.optim.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def adversarial_weight(cfg: TrainConfig, epoch_progress: float) -> float:
+    """λ_adv at a point of training (in epochs): 0 during warm-up, then a linear ramp."""
+    adv = cfg.adversarial
+    if epoch_progress < adv.warmup_epochs:
+        return 0.0
+    ramp = 1.0 if adv.ramp_epochs <= 0 else min(1.0, (epoch_progress - adv.warmup_epochs) / adv.ramp_epochs)
+    return cfg.loss.adv * ramp
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    onehot = F.one_hot(labels, num_classes).float()
+    return onehot * (1 - smoothing) + smoothing / num_classes
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: bool = False,
+          progress: bool | None = None, log=print, stop_after_epochs: int | None = None,
+          train_volumes: list[CaseVolume] | None = None, val_volumes: list[CaseVolume] | None = None
+          ) -> RunResult:
+    """Train ``cfg`` on the training split of ``data_root``; write checkpoints and history to ``out_dir``.
+
+    ``resume``: continue from ``out_dir/last.pt`` (exactly: weights, optimisers, schedule, RNG).
+    ``stop_after_epochs``: return after this many epochs *of this call* (for demonstrations of
+    resume; the schedule still follows ``cfg.optim.epochs``). ``train_volumes``/``val_volumes``
+    bypass reading ``data_root`` (notebooks pass prepared cases).
+    """
+    out_dir = Path(out_dir)
+    rank, world, device = init_distributed(cfg.device)
+    is_main = rank == 0
+    say = log if is_main else (lambda *a, **k: None)
+    seed_everything(cfg.seed, cfg.deterministic)
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    # data
+    if train_volumes is None:
+        train_volumes, val_volumes = split_train_val(load_volumes(data_root, "train"), cfg)
+    val_volumes = val_volumes or []
+    train_set = SliceDataset(
+        train_volumes, cfg.data.image_size, cfg.data.negative_ratio, augment=cfg.data.augment,
+        roi_crop=cfg.data.roi_crop, min_lesion_pixels=cfg.data.min_lesion_pixels, seed=cfg.seed,
+    )
+    if cfg.optim.batch_size % world:
+        raise ValueError(f"batch_size {cfg.optim.batch_size} is not divisible by {world} processes")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=world > 1)
+    loader = DataLoader(
+        train_set, batch_size=cfg.optim.batch_size // world, sampler=sampler, drop_last=False,
+        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = max(1, len(loader))
+
+    # model, discriminator, optimisers
+    model = build_model(cfg.model).to(device)
+    disc = build_discriminator(cfg.model)
+    if disc is not None:
+        disc = disc.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
+    d_optimizer = (
+        torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+        if disc is not None else None
+    )
+    class_weights = class_weight_tensor(train_volumes, cfg.model.num_classes).to(device) \
+        if cfg.data.class_weights else None
+
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        saved_cfg = TrainConfig.from_dict(state["config"])
+        if saved_cfg.model.to_dict() != cfg.model.to_dict():
+            raise ValueError(f"{last_path}: was trained with another model config; cannot resume")
+        load_state_dict_checked(model, state["model"], last_path, "network")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if disc is not None:
+            load_state_dict_checked(disc, state["discriminator"], last_path, "discriminator")
+            d_optimizer.load_state_dict(state["d_optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        history = json.loads(state["history"])
+        say(f"[train] resumed from {last_path} at epoch {start_epoch}")
+    elif resume:
+        say(f"[train] no {last_path} yet: starting from scratch")
+
+    g_model, g_disc = model, disc
+    if world > 1:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        g_model = DDP(model, **ddp_kwargs)
+        if disc is not None:
+            g_disc = DDP(disc, **ddp_kwargs)
+    if cfg.compile:
+        g_model = torch.compile(g_model)
+
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(out_dir / "config.yaml")
+        (out_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        say(f"[train] {cfg.name}: {len(train_set)} slices from {len(train_volumes)} cases, "
+            f"{len(val_volumes)} validation cases; device {device}, {precision}, "
+            f"channels_last={channels_last}, {world} process(es)")
+
+    last_summary: dict = {}
+    epochs_this_call = 0
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        model.train()
+        if disc is not None:
+            disc.train()
+        sums: dict[str, float] = {}
+        n_batches, n_samples, t0 = 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (progress and is_main),
+                   leave=False)
+        for step_in_epoch, batch in enumerate(bar):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            x = batch["image"]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lesion = batch["has_lesion"].bool()
+            lam_adv = adversarial_weight(cfg, epoch + step_in_epoch / steps_per_epoch)
+
+            # network (generator) step
+            with autocast(device, precision):
+                out = g_model(x, batch["times"])
+            loss, parts = multitask_loss(out, batch, cfg.loss, class_weights)
+            fake = None
+            if disc is not None:
+                fake_probs = torch.softmax(out.class_logits.float(), dim=1)
+                context = out.aux["descriptors"].flatten(1).float()
+                fake = (out.enhancement, fake_probs, context)
+                if lam_adv > 0 and bool(lesion.any()):
+                    disc.requires_grad_(False)
+                    noise = cfg.adversarial.instance_noise
+                    score = disc(
+                        out.enhancement[lesion] + noise * torch.randn_like(out.enhancement[lesion]),
+                        fake_probs[lesion] + noise * torch.randn_like(fake_probs[lesion]),
+                        batch["times"][lesion], context[lesion],
+                    )
+                    disc.requires_grad_(True)
+                    adv = generator_adversarial_loss(score, cfg.adversarial.kind)
+                    loss = loss + lam_adv * adv
+                    parts["adv"] = float(adv.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+
+            # discriminator step: real (true e, smoothed one-hot) vs fake (ê, softmax), on lesion slices
+            if disc is not None:
+                d_loss = _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake)
+                parts["d"] = d_loss
+
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+            n_batches += 1
+            n_samples += x.shape[0] * world
+            if progress and is_main:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if cfg.log_every and (step_in_epoch + 1) % cfg.log_every == 0:
+                say(f"  step {step_in_epoch + 1}/{steps_per_epoch} loss {float(loss.detach()):.4f}")
+        train_seconds = time.perf_counter() - t0
+
+        # validation per case, on rank 0 (every rank holds the same weights)
+        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
+                  "samples_per_s": n_samples / max(train_seconds, 1e-9), "lambda_adv": lam_adv}
+        record.update({f"loss_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+        if is_main and val_volumes:
+            metrics, _ = evaluate_cases(model, val_volumes, cfg.data.image_size, device, precision,
+                                        channels_last=channels_last)
+            last_summary = metrics.summary()
+            headline = headline_metrics(last_summary)
+            record.update({f"val_{k}": v for k, v in headline.items() if k != "n_cases"})
+            record["val_score"] = validation_score(headline)
+        history.append(record)
+
+        if is_main:
+            score = record.get("val_score", -record["loss_total"])
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch = score, epoch + 1
+            state = {
+                "config": cfg.to_dict(),
+                "model": model.state_dict(),
+                "discriminator": disc.state_dict() if disc is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "d_optimizer": d_optimizer.state_dict() if d_optimizer is not None else None,
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+                "history": json.dumps(history),
+                "versions": versions(),
+                "val_summary": json.dumps(last_summary),
+            }
+            save_checkpoint(last_path, state)
+            if improved:
+                save_checkpoint(best_path, state)
+            with open(out_dir / "history.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            say(_epoch_line(record, cfg.optim.epochs, improved))
+        if world > 1:
+            dist.barrier()
+        epochs_this_call += 1
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            break
+
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+    return RunResult(out_dir, best_score, best_epoch, history, last_summary)
+
+
+def _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
+    if not bool(lesion.any()):
+        # keep DDP's collective calls in step across ranks: a zero loss still all-reduces
+        d_loss = sum(p.sum() * 0.0 for p in g_disc.parameters())
+    else:
+        enhancement, probs, context = (t.detach()[lesion] for t in fake)
+        times = batch["times"][lesion]
+        noise = cfg.adversarial.instance_noise
+        real_e = batch["enhancement"][lesion]
+        real_p = smooth_one_hot(batch["class_id"][lesion], probs.shape[1], cfg.adversarial.real_label_smoothing)
+        score_real = g_disc(real_e + noise * torch.randn_like(real_e), real_p + noise * torch.randn_like(real_p),
+                            times, context)
+        score_fake = g_disc(enhancement + noise * torch.randn_like(enhancement),
+                            probs + noise * torch.randn_like(probs), times, context)
+        d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
+    d_optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    d_optimizer.step()
+    return float(d_loss.detach())
+
+
+def _epoch_line(record: dict, epochs: int, improved: bool) -> str:
+    parts = [f"[train] epoch {record['epoch']}/{epochs}", f"loss {record['loss_total']:.4f}"]
+    for key, label in (("val_dice", "dice"), ("val_enhancement_mae", "enh MAE"),
+                       ("val_accuracy", "acc"), ("val_score", "score")):
+        if key in record and record[key] is not None:
+            parts.append(f"{label} {record[key]:.3f}")
+    parts.append(f"{record['samples_per_s']:.1f} samples/s")
+    return " | ".join(parts) + (" *best*" if improved else "")

@@ -1,0 +1,78 @@
+"""Blocks against independent references: PyWavelets, numpy FFT, entropy limits."""
+
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from mtilib.models.blocks import (
+    ResBlock,
+    TimeEncoding,
+    gaussian_highpass,
+    haar_dwt2d,
+    haar_idwt2d,
+    spectral_entropy,
+)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (6, 10), (7, 9), (16, 12)])
+def test_haar_dwt_matches_pywavelets(shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, *shape))
+    ll, lh, hl, hh = haar_dwt2d(torch.from_numpy(x))
+    ca, (ch, cv, cd) = pywt.dwt2(x, "haar", mode="symmetric", axes=(-2, -1))
+    for ours, ref in zip((ll, lh, hl, hh), (ca, ch, cv, cd)):
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_haar_inverse_reconstructs_and_preserves_energy():
+    x = torch.randn(2, 4, 16, 12, dtype=torch.float64)
+    bands = haar_dwt2d(x)
+    torch.testing.assert_close(haar_idwt2d(*bands), x)
+    # orthonormal transform: energy is preserved (Parseval)
+    assert torch.isclose(sum(b.pow(2).sum() for b in bands), x.pow(2).sum())
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.25])
+def test_gaussian_highpass_matches_numpy(sigma):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 20, 24))
+    fy = np.fft.fftfreq(20)[:, None]
+    fx = np.fft.fftfreq(24)[None, :]
+    response = 1 - np.exp(-(fx**2 + fy**2) / (2 * sigma**2))
+    expected = np.real(np.fft.ifft2(np.fft.fft2(x) * response))
+    ours = gaussian_highpass(torch.from_numpy(x).float(), sigma).double().numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_gaussian_highpass_removes_constant_and_keeps_fine_detail():
+    flat = torch.full((1, 16, 16), 3.0)
+    assert gaussian_highpass(flat, 0.1).abs().max() < 1e-5
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1.0
+    out = gaussian_highpass(checker[None].float(), 0.1)
+    torch.testing.assert_close(out[0], checker.float(), atol=1e-3, rtol=0)  # Nyquist passes (~1)
+
+
+def test_spectral_entropy_limits():
+    uniform = torch.ones(2, 3, 8, 8)
+    torch.testing.assert_close(spectral_entropy(uniform), torch.ones(2, 3))
+    spike = torch.zeros(8, 8)
+    spike[3, 5] = 7.0
+    assert spectral_entropy(spike).item() == pytest.approx(0.0, abs=1e-6)
+    half = torch.zeros(8, 8)
+    half[:4] = 1.0  # energy uniform over 32 of 64 positions -> log(32)/log(64)
+    assert spectral_entropy(half).item() == pytest.approx(np.log(32) / np.log(64), rel=1e-5)
+    assert spectral_entropy(torch.zeros(4, 4)).item() == pytest.approx(1.0)  # no energy -> uniform
+
+
+def test_time_encoding_is_smooth_in_time():
+    enc = TimeEncoding(16)
+    t = torch.tensor([35.0, 36.0, 180.0])
+    codes = enc(t)
+    assert codes.shape == (3, 16)
+    assert (codes[0] - codes[1]).norm() < (codes[0] - codes[2]).norm()
+
+
+def test_resblock_shapes():
+    block = ResBlock(8, 16, stride=2)
+    assert block(torch.randn(2, 8, 12, 10)).shape == (2, 16, 6, 5)
