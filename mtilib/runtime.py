@@ -120,7 +120,7 @@ def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version(), "mtilib": __version__}
     for name in STACK:
         out[name] = package_version(name)
-    out["torch"] = torch.__version__
+    out["torch"] = str(torch.__version__)  # TorchVersion would not load with weights_only=True
     return out
 
 

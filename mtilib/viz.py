@@ -204,3 +204,311 @@ def plot_entropy_weights(weights_per_level: list, branch_names=("spatial", "freq
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_time_curves(t_s, curves: dict, phase_times_s=None, ax=None, ylabel: str = "concentration (mM)",
+                     title: str | None = None, mark_peaks: bool = False, phase_names=PHASES):
+    """Curves over time (vascular inputs, tissue concentrations, signals) with the phase times marked.
+
+    ``t_s (T,)`` seconds; ``curves`` {label: (T,) values}, one line each; ``phase_times_s``: dotted
+    vertical lines labelled with ``phase_names``; ``mark_peaks``: a dot and the time at each
+    curve's maximum (the first-pass peak of an input function).
+    """
+    fig, ax = _ax(ax, (6, 3.6))
+    t = np.asarray(t_s, dtype=float)
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        (line,) = ax.plot(t, values, label=label)
+        if mark_peaks:
+            k = int(np.argmax(values))
+            ax.plot(t[k], values[k], "o", color=line.get_color(), ms=5)
+            ax.annotate(f"{t[k]:.1f} s", (t[k], values[k]), textcoords="offset points", xytext=(5, 3),
+                        fontsize=8, color=line.get_color())
+    if phase_times_s is not None:
+        for p, tp in enumerate(phase_times_s):
+            ax.axvline(tp, color="grey", ls=":", lw=1)
+            name = phase_names[p] if p < len(phase_names) else f"phase {p}"
+            ax.text(tp, 1.0, f" {name}", transform=ax.get_xaxis_transform(), rotation=90, va="top",
+                    ha="left", fontsize=7, color="grey")
+    ax.set_xlabel("time after injection (s)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_time_intensity(table, y: str = "relative_enhancement", regions=("lesion", "liver"),
+                        class_names=CLASS_NAMES, col_wrap: int = 4, height: float = 2.4):
+    """Time-intensity curves per lesion class (seaborn facets): one thin line per case and region,
+    the class mean per region as a thick line.
+
+    ``table``: tidy DataFrame as from :func:`mtilib.data.io.signal_table` (columns ``case``,
+    ``class_name``, ``region``, ``time_s`` and ``y``). Rows with NaN in ``y`` (empty regions) are
+    refused: filter them first, so that nothing is averaged away silently. Returns the Figure.
+    """
+    import seaborn as sns
+
+    data = table[table["region"].isin(regions)]
+    if data[y].isna().any():
+        raise ValueError(f"{y} has NaN rows (empty regions?); filter them (e.g. n_voxels > 0) first")
+    order = [c for c in class_names if c in set(data["class_name"])]
+    palette = dict(zip(regions, sns.color_palette("deep", len(regions))))
+    grid = sns.relplot(data=data, x="time_s", y=y, hue="region", hue_order=list(regions), palette=palette,
+                       col="class_name", col_order=order, col_wrap=min(col_wrap, len(order)), kind="line",
+                       units="case", estimator=None, lw=0.7, alpha=0.45, height=height, aspect=1.15)
+    grid.map_dataframe(sns.lineplot, x="time_s", y=y, hue="region", hue_order=list(regions),
+                       palette=palette, errorbar=None, lw=2.5, marker="o", legend=False)
+    for ax in grid.axes.flat:
+        ax.axhline(0, color="grey", lw=0.6)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("time after injection (s)", y.replace("_", " "))
+    return grid.figure
+
+
+def show_maps(maps: dict, slice_index: int, labels: np.ndarray | None = None, units: dict | None = None,
+              cmap: str = "magma"):
+    """Parameter maps ``{name: (H, W, S)}`` of one slice side by side, each with its colour bar and
+    the lesion contour (white) when ``labels`` are given. ``units`` {name: unit} for the bar labels.
+    """
+    n = len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 2.9))
+    for ax, (name, volume) in zip(np.atleast_1d(axes), maps.items()):
+        image = np.asarray(volume)[:, :, slice_index].T
+        shown = ax.imshow(image, cmap=cmap, origin="lower")
+        if labels is not None:
+            lesion = (labels[:, :, slice_index] == LESION).T.astype(float)
+            if lesion.any() and not lesion.all():
+                ax.contour(lesion, levels=[0.5], colors="white", linewidths=0.8, origin="lower")
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+        if units and name in units:
+            bar.set_label(units[name], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def show_phase_grid(images, labels, slice_indices, row_titles, phases=(1, 2, 3), show_mask: bool = True,
+                    cell_size: float = 2.3):
+    """A grid of cases (rows) by phases (columns), e.g. one typical case per lesion class.
+
+    ``images``: sequence of (P, H, W, S) arrays; ``labels``: sequence of (H, W, S) or None;
+    ``slice_indices``: the slice drawn for each row; ``phases``: phase indices as columns. Each row
+    has its own grey scale, shared by its phases, so that each row shows its case's enhancement.
+    """
+    rows, cols = len(images), len(phases)
+    if not (len(slice_indices) == len(row_titles) == rows) or (labels is not None and len(labels) != rows):
+        raise ValueError("images, labels, slice_indices and row_titles need one entry per row")
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_size * cols, cell_size * rows), squeeze=False)
+    for r in range(rows):
+        vmax = float(np.percentile(images[r], 99.5))
+        lab = None if labels is None else labels[r]
+        for c, p in enumerate(phases):
+            name = PHASES[p] if p < len(PHASES) else f"phase {p}"
+            draw_phase_slice(images[r], lab, p, slice_indices[r], show_mask, ax=axes[r, c], vmax=vmax)
+            axes[r, c].set_title(name if r == 0 else "")
+        axes[r, 0].text(-0.06, 0.5, row_titles[r], transform=axes[r, 0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Spectra, wavelet bands and MdIEF branch weights (course notebook 03)
+# --------------------------------------------------------------------------------------------
+
+BRANCH_NAMES = ("spatial", "frequency", "wavelet")
+
+
+def _as_array(x) -> np.ndarray:
+    """A float numpy array from a numpy array or a torch tensor (any device, with or without grad)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def centred_log_spectrum(image) -> np.ndarray:
+    """``log10(1 + |FFT2(image)|)`` with the zero frequency moved to the centre (``fftshift``).
+
+    ``(H, W) -> (H, W)``. The log is needed because the zero-frequency term (the image mean times
+    the number of pixels) is orders of magnitude larger than the rest of the spectrum.
+    """
+    return np.log10(1.0 + np.abs(np.fft.fftshift(np.fft.fft2(_as_array(image)))))
+
+
+def radial_power(image, n_bins: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged power spectrum: the mean of ``|FFT2(image)|²`` in rings of radial frequency.
+
+    ``(H, W) -> (ring centres (n_bins,), mean power (n_bins,))``; frequencies in cycles/pixel, from
+    0 to the corner of the spectrum (0.5·√2). A ring with no FFT sample is NaN, never zero.
+    """
+    x = _as_array(image)
+    power = np.abs(np.fft.fft2(x)) ** 2
+    radius = np.hypot(np.fft.fftfreq(x.shape[0])[:, None], np.fft.fftfreq(x.shape[1])[None, :])
+    edges = np.linspace(0.0, radius.max() * (1 + 1e-9), n_bins + 1)
+    ring = np.clip(np.digitize(radius.ravel(), edges) - 1, 0, n_bins - 1)
+    counts = np.bincount(ring, minlength=n_bins)
+    sums = np.bincount(ring, weights=power.ravel(), minlength=n_bins)
+    mean = np.full(n_bins, np.nan)
+    mean[counts > 0] = sums[counts > 0] / counts[counts > 0]
+    return 0.5 * (edges[:-1] + edges[1:]), mean
+
+
+def _draw_map(ax, image, title: str, signed: bool, cmap: str | None):
+    image = _as_array(image)
+    if signed:
+        limit = float(np.abs(image).max()) or 1.0
+        shown = ax.imshow(image.T, cmap=cmap or "RdBu_r", vmin=-limit, vmax=limit, origin="lower")
+    else:
+        shown = ax.imshow(image.T, cmap=cmap or "gray", origin="lower")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    return shown
+
+
+def show_map_grid(maps, titles=None, ncols: int | None = None, signed=False, cmap: str | None = None,
+                  suptitle: str | None = None, cell_size: float = 2.4, colorbar: bool = False):
+    """2D maps (phase images, filtered images, wavelet bands, feature maps) in a grid, each on its
+    own colour scale.
+
+    ``maps``: a sequence of ``(H, W)`` arrays or tensors, or a dict ``{title: map}``. Drawn like
+    :func:`draw_phase_slice` (array transposed, ``origin="lower"``): the *first* array axis runs
+    left to right. ``signed=True`` uses a diverging colour map centred on 0, for maps whose sign
+    matters (high-pass images, wavelet details); a sequence of booleans sets it per map.
+    """
+    if isinstance(maps, dict):
+        titles, maps = list(maps), list(maps.values())
+    maps = list(maps)
+    titles = list(titles) if titles is not None else [""] * len(maps)
+    if len(titles) != len(maps):
+        raise ValueError(f"{len(maps)} maps but {len(titles)} titles")
+    flags = [bool(signed)] * len(maps) if np.ndim(signed) == 0 else [bool(f) for f in signed]
+    if len(flags) != len(maps):
+        raise ValueError(f"{len(maps)} maps but {len(flags)} 'signed' flags")
+    ncols = ncols or len(maps)
+    nrows = -(-len(maps) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
+    for ax in axes.flat[len(maps):]:
+        ax.set_axis_off()
+    for ax, image, title, flag in zip(axes.flat, maps, titles, flags):
+        shown = _draw_map(ax, image, title, flag, cmap)
+        if colorbar:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_spectra(images, titles=None, suptitle: str | None = None, cell_size: float = 2.6):
+    """Maps (top row, each on its own grey scale) and their centred log-magnitude spectra (bottom
+    row, :func:`centred_log_spectrum`, one shared colour scale so that spectra can be compared).
+
+    Spectra are drawn in the same orientation as the maps: the horizontal axis is the frequency
+    along the first array axis, in cycles/pixel (±0.5 is the Nyquist limit), zero at the centre.
+    """
+    images = [_as_array(x) for x in images]
+    titles = list(titles) if titles is not None else [""] * len(images)
+    spectra = [centred_log_spectrum(image) for image in images]
+    top = max(float(s.max()) for s in spectra) or 1.0
+    fig, axes = plt.subplots(2, len(images), figsize=(cell_size * len(images), 2 * cell_size + 0.3),
+                             squeeze=False)
+    for k, (image, spectrum, title) in enumerate(zip(images, spectra, titles)):
+        _draw_map(axes[0, k], image, title, signed=False, cmap=None)
+        f0 = np.fft.fftshift(np.fft.fftfreq(image.shape[0]))
+        f1 = np.fft.fftshift(np.fft.fftfreq(image.shape[1]))
+        d0, d1 = 1.0 / image.shape[0], 1.0 / image.shape[1]
+        ax = axes[1, k]
+        ax.imshow(spectrum.T, cmap="viridis", origin="lower", vmin=0.0, vmax=top,
+                  extent=(f0[0] - d0 / 2, f0[-1] + d0 / 2, f1[0] - d1 / 2, f1[-1] + d1 / 2))
+        ax.set_xlabel("cycles/pixel", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title("log10(1 + |FFT|)", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_highpass_response(sigmas, image=None, size: int = 64, ax=None):
+    """The Gaussian high-pass response ``1 − exp(−f²/2σ²)`` against radial frequency ``f`` for each
+    σ (from :func:`mtilib.models.blocks.gaussian_highpass_response` on a ``size``² FFT grid), over
+    the radially averaged power spectrum of ``image`` (grey, log scale, right axis) when given.
+    """
+    from mtilib.models.blocks import gaussian_highpass_response
+
+    fig, ax = _ax(ax, (6.5, 3.6))
+    if image is not None:
+        size = _as_array(image).shape[0]
+        centres, power = radial_power(image)
+        twin = ax.twinx()
+        twin.fill_between(centres, power, color="grey", alpha=0.25, step="mid")
+        twin.set_yscale("log")
+        twin.set_ylabel("image power |FFT|² (log)", color="grey")
+        twin.tick_params(axis="y", colors="grey")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    freq = np.fft.fftfreq(size)
+    radius = np.hypot(freq[:, None], freq[None, :]).ravel()
+    order = np.argsort(radius)
+    for sigma in sigmas:
+        response = gaussian_highpass_response(size, size, float(sigma)).numpy().ravel()
+        ax.plot(radius[order], response[order], lw=2, label=f"σ = {sigma:g}")
+    ax.axvline(0.5, color="black", ls=":", lw=0.8)
+    ax.set_xlim(0, radius.max())
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("radial spatial frequency f (cycles/pixel); dotted: Nyquist 0.5")
+    ax.set_ylabel("high-pass response (kept fraction of amplitude)")
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_branch_entropies(entropy, weights, branch_names=BRANCH_NAMES):
+    """One MdIEF level, one sample: the spectral entropy of every branch per channel (left) and the
+    resulting branch weights per channel, stacked (right). ``entropy``, ``weights``: ``(3, C)``."""
+    entropy, weights = _as_array(entropy), _as_array(weights)
+    if entropy.shape != weights.shape or entropy.ndim != 2:
+        raise ValueError(f"entropy and weights must both be (branches, channels), got {entropy.shape}, {weights.shape}")
+    channels = np.arange(entropy.shape[1])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for b, name in enumerate(branch_names):
+        left.plot(channels, entropy[b], marker="o", ms=3, lw=1, color=PHASE_COLOURS[b], label=name)
+    left.set_xlabel("channel")
+    left.set_ylabel("spectral entropy H")
+    left.set_title("entropy per branch and channel (lower = more concentrated)")
+    left.legend(fontsize=8)
+    bottom = np.zeros(entropy.shape[1])
+    for b, name in enumerate(branch_names):
+        right.bar(channels, weights[b], bottom=bottom, color=PHASE_COLOURS[b], label=name, width=0.9)
+        bottom += weights[b]
+    right.axhline(1 / 3, color="white", ls=":", lw=1)
+    right.axhline(2 / 3, color="white", ls=":", lw=1)
+    right.set_xlabel("channel")
+    right.set_ylabel("branch weight (stacked, sums to 1)")
+    right.set_title("weights softmax(−H/τ) per channel")
+    right.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_temperature_sweep(temperatures, mean_weights, current: float | None = None, branch_names=BRANCH_NAMES,
+                           ax=None):
+    """Mean branch weight against the temperature τ (log axis). ``mean_weights (T, 3)``; ``current``
+    marks the module's own τ. Small τ: the lowest-entropy branch takes all; large τ: 1/3 each."""
+    fig, ax = _ax(ax, (6, 3.6))
+    temperatures, mean_weights = np.asarray(temperatures, dtype=float), _as_array(mean_weights)
+    for b, name in enumerate(branch_names):
+        ax.plot(temperatures, mean_weights[:, b], marker="o", color=PHASE_COLOURS[b], label=name)
+    ax.axhline(1 / 3, color="grey", ls=":", lw=1, label="uniform (1/3)")
+    if current is not None:
+        ax.axvline(current, color="black", ls="--", lw=0.8, label=f"this module's τ = {current:.3g}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("temperature τ")
+    ax.set_ylabel("mean branch weight")
+    ax.set_title("softmax(−H/τ): τ sharpens or flattens the choice")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,15 @@ from mtilib.models.blocks import ConvNormAct, gaussian_highpass, haar_dwt2d, spe
 BRANCHES = ("spatial", "frequency", "wavelet")
 
 
+def entropy_weights(entropy: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """Branch weights from branch entropies: ``softmax_b(−H / τ)`` over dim 1.
+
+    ``entropy (B, 3, C) -> weights (B, 3, C)``, summing to 1 over the branches. τ → 0 gives all
+    weight to the lowest-entropy branch, τ → ∞ gives 1/3 each (course notebook 03 sweeps τ).
+    """
+    return torch.softmax(-entropy / temperature, dim=1)
+
+
 class PlainFusion(nn.Module):
     """The ablation's plain alternative: 1×1 conv over stacked phases -> GroupNorm -> SiLU.
 
@@ -73,6 +82,22 @@ class MdIEF(nn.Module):
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         branches = self.branches(feats)
         entropy = spectral_entropy(branches)  # (B, 3, C)
-        weights = torch.softmax(-entropy / self.temperature, dim=1)
+        weights = entropy_weights(entropy, self.temperature)
         fused = (weights.to(branches.dtype)[..., None, None] * branches).sum(dim=1)
         return self.post(fused) + branches[:, 0], weights
+
+
+def neutral_projections_(module: MdIEF) -> MdIEF:
+    """Set the three branch projections of ``module`` to plain averages of their inputs, no bias
+    (in place; returns the module).
+
+    Each branch map is then its domain view itself, averaged over phases and channels: the maps
+    (spatial), their Gaussian high-pass (frequency), the mean of their Haar details LH, HL, HH
+    brought back to full size (wavelet). Course notebook 03 uses it to show which *domain* a
+    pattern favours before any learning (a real MdIEF learns these projections instead).
+    """
+    with torch.no_grad():
+        for conv in (module.spatial, module.frequency, module.wavelet):
+            conv.weight.fill_(1.0 / conv.in_channels)
+            conv.bias.zero_()
+    return module

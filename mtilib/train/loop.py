@@ -346,20 +346,24 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
 
 def _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
+    """One update of D on (real, fake) pairs of the batch's lesion slices.
+
+    A batch without lesion slices still runs D on all its samples with a zero-weighted loss: under
+    DDP every process must take part in the same gradient all-reduce, or the others wait forever.
+    """
+    use = lesion if bool(lesion.any()) else torch.ones_like(lesion)
+    enhancement, probs, context = (t.detach()[use] for t in fake)
+    times = batch["times"][use]
+    noise = cfg.adversarial.instance_noise
+    real_e = batch["enhancement"][use]
+    real_p = smooth_one_hot(batch["class_id"][use].clamp_min(0), probs.shape[1], cfg.adversarial.real_label_smoothing)
+    score_real = g_disc(real_e + noise * torch.randn_like(real_e), real_p + noise * torch.randn_like(real_p),
+                        times, context)
+    score_fake = g_disc(enhancement + noise * torch.randn_like(enhancement),
+                        probs + noise * torch.randn_like(probs), times, context)
+    d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
     if not bool(lesion.any()):
-        # keep DDP's collective calls in step across ranks: a zero loss still all-reduces
-        d_loss = sum(p.sum() * 0.0 for p in g_disc.parameters())
-    else:
-        enhancement, probs, context = (t.detach()[lesion] for t in fake)
-        times = batch["times"][lesion]
-        noise = cfg.adversarial.instance_noise
-        real_e = batch["enhancement"][lesion]
-        real_p = smooth_one_hot(batch["class_id"][lesion], probs.shape[1], cfg.adversarial.real_label_smoothing)
-        score_real = g_disc(real_e + noise * torch.randn_like(real_e), real_p + noise * torch.randn_like(real_p),
-                            times, context)
-        score_fake = g_disc(enhancement + noise * torch.randn_like(enhancement),
-                            probs + noise * torch.randn_like(probs), times, context)
-        d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
+        d_loss = d_loss * 0.0
     d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
     d_optimizer.step()
