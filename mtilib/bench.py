@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -106,7 +107,41 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5, device: str = "cpu", dt
     return {"n": n, "dtype": dtype, "median_s": median, "gflops": 2 * n**3 / median / 1e9}
 
 
-ONE = {"train_step": measure_train_step, "matmul": measure_matmul_peak}
+def measure_inference(checkpoint: str, preset: str = "samples", repeats: int = 5, device: str = "cpu") -> dict:
+    """Per-case inference latency of a checkpoint on one phantom case of a preset (median seconds)."""
+    from mtilib.data.dataset import CaseVolume
+    from mtilib.data.phantom import PhantomConfig, generate_case
+    from mtilib.train import load_model, predict_case
+
+    model, cfg, _ = load_model(checkpoint, device)
+    case = generate_case(7, class_id=6, config=PhantomConfig.preset(preset))
+    volume = CaseVolume.from_arrays("bench", case.images, case.phase_times_s, case.spacing)
+    times = _timed(lambda: predict_case(model, volume, cfg.data.image_size, device), repeats)
+    return {"preset": preset, "shape": list(case.images.shape), "median_s": statistics.median(times),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_phantom(preset: str = "default", repeats: int = 5, dataset_cases: int = 0,
+                    dataset_preset: str = "samples") -> dict:
+    """Median seconds to generate one case of ``preset``; optionally the time to generate (not
+    write) ``dataset_cases`` cases of ``dataset_preset``."""
+    from mtilib.data.phantom import PhantomConfig, generate_case, iter_cases
+
+    config = PhantomConfig.preset(preset)
+    times = _timed(lambda: generate_case(11, config=config), repeats)
+    result = {"preset": preset, "median_case_s": statistics.median(times)}
+    if dataset_cases:
+        start = time.perf_counter()
+        for _ in iter_cases(dataset_cases, seed=3, config=PhantomConfig.preset(dataset_preset)):
+            pass
+        result.update(dataset_cases=dataset_cases, dataset_preset=dataset_preset,
+                      dataset_s=time.perf_counter() - start)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+ONE = {"train_step": measure_train_step, "matmul": measure_matmul_peak, "inference": measure_inference,
+       "phantom": measure_phantom}
 
 
 def run_isolated(name: str, **kwargs) -> dict:
@@ -124,6 +159,171 @@ def machine_line() -> str:
     return (f"{cpu}, {data['cpu_count']} cores, torch {versions()['torch']} ({data['torch_threads']} threads), "
             f"device {data['device']}, CPU capability {data['cpu_capability']}, native bf16: "
             f"{data['cpu_native_bf16']}")
+
+
+def measure_course(quick: bool, out: Path) -> list[dict]:
+    """Execute each notebook in its own ``mtilib course --only NN`` process; seconds and the peak
+    resident memory of that process and its kernel (``wait4`` rusage covers waited descendants)."""
+    import os
+
+    from mtilib.course import discover
+
+    rows = []
+    for path in discover():
+        cmd = [sys.executable, "-m", "mtilib.cli", "course", "--only", path.name[:2], "--out", str(out)]
+        if quick:
+            cmd.append("--quick")
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        rows.append({"notebook": path.name, "ok": os.waitstatus_to_exitcode(status) == 0,
+                     "seconds": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024.0})
+    return rows
+
+
+def recorded_runs(checkpoint: Path, results_json: Path) -> list[tuple[str, str, str, str]]:
+    """Sections for long runs that other commands measured and recorded: the shipped checkpoint's
+    training (time, throughput, test metrics) and the results table's total time."""
+    import json
+
+    from mtilib.metrics import headline_metrics
+    from mtilib.tables import markdown_table
+    from mtilib.train import load_checkpoint
+
+    sections = []
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        training = json.loads(state.get("training", "{}"))
+        history = json.loads(state["history"])
+        evaluation = checkpoint.with_name("mtinet_course_evaluation.json")
+        headline = headline_metrics(json.loads(evaluation.read_text())["summary"]) if evaluation.exists() else {}
+        rows = [
+            {"what": "training time (minutes)", "value": training.get("train_seconds", float("nan")) / 60},
+            {"what": "epochs (best epoch)", "value": f"{len(history)} ({state['best_epoch']})"},
+            {"what": "training throughput (samples/s, median over epochs)",
+             "value": statistics.median(h["samples_per_s"] for h in history)},
+        ] + [{"what": f"test cases: {k}", "value": v} for k, v in headline.items() if k != "n_cases"]
+        sections.append((
+            "Shipped checkpoint (`course` preset)", "`make checkpoint` (`scripts/make_checkpoint.py`)",
+            "Recorded in the checkpoint and `mtinet_course_evaluation.json` when it was trained; "
+            "evaluated per case on the 14 test cases of `data_samples/phantom`.",
+            markdown_table(rows, floatfmt=".3g"),
+        ))
+    if results_json.exists():
+        data = json.loads(results_json.read_text())
+        sections.append((
+            "Results table (`docs/results.md`)", f"`{data['command']}`",
+            f"{len(data['runs'])} training runs; recorded when the table was made.",
+            markdown_table([{"training + evaluation, all runs (minutes)": data["train_seconds_total"] / 60,
+                             "wall time of the invocation (minutes)": data["wall_seconds"] / 60}], floatfmt=".1f"),
+        ))
+    return sections
+
+
+def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True, log=print) -> Path:
+    """Run every benchmark (each in a fresh process) and write the markdown report."""
+    from mtilib.course import REPO_ROOT
+    from mtilib.tables import markdown_table
+
+    out = Path(out)
+    checkpoint = REPO_ROOT / "data_samples" / "checkpoints" / "mtinet_course.pt"
+    started = time.perf_counter()
+    sections = []
+
+    log("[bench] training steps ...")
+    steps = []
+    for arch in ("mtinet", "unet"):
+        for precision, channels_last, repeats in (("fp32", False, 5), ("bf16", True, 3)):
+            steps.append(run_isolated("train_step", arch=arch, width=32, batch=8, size=96, precision=precision,
+                                      channels_last=channels_last, repeats=repeats))
+    course_step = run_isolated("train_step", arch="mtinet", width=16, batch=16, size=64, repeats=5)
+    peak = run_isolated("matmul", n=2048, repeats=5)
+    rows = []
+    for arch in ("mtinet", "unet"):
+        fp32 = next(r for r in steps if r["arch"] == arch and r["precision"] == "fp32")
+        bf16 = next(r for r in steps if r["arch"] == arch and r["precision"] == "bf16")
+        for r in (fp32, bf16):
+            rows.append({
+                "network": arch, "precision": r["precision"] + (" + channels_last" if r["channels_last"] else ""),
+                "parameters": r["parameters"], "step (s, median)": r["median_step_s"],
+                "samples/s": r["samples_per_s"], "speed vs fp32": r["samples_per_s"] / fp32["samples_per_s"],
+                "GFLOP/s": r["achieved_gflops"], "of matmul peak": r["achieved_gflops"] / peak["gflops"],
+                "peak RSS (MB)": r["peak_rss_mb"],
+            })
+    rows.append({
+        "network": "mtinet (course preset: width 16, 64², batch 16)", "precision": "fp32",
+        "parameters": course_step["parameters"], "step (s, median)": course_step["median_step_s"],
+        "samples/s": course_step["samples_per_s"], "speed vs fp32": 1.0, "GFLOP/s": course_step["achieved_gflops"],
+        "of matmul peak": course_step["achieved_gflops"] / peak["gflops"], "peak RSS (MB)": course_step["peak_rss_mb"],
+    })
+    sections.append((
+        "Training step (forward + backward + AdamW), random data",
+        "`python -m mtilib.bench --one train_step --kwargs '{\"arch\": \"mtinet\", \"width\": 32, \"batch\": 8, "
+        "\"size\": 96, \"precision\": \"fp32\"}'` (and the other rows' arguments)",
+        f"Default MTI-Net (width 32) and the early-fusion U-Net, batch 8 at 96×96 unless stated. FLOP/s counts "
+        f"3 × the forward MACs × 2. The CPU's practical peak, an fp32 2048² matmul, is {peak['gflops']:.0f} GFLOP/s "
+        f"(`python -m mtilib.bench --one matmul`).",
+        markdown_table(rows, floatfmt=".3g"),
+    ))
+
+    if checkpoint.exists():
+        log("[bench] inference ...")
+        inf = [run_isolated("inference", checkpoint=str(checkpoint), preset=p) for p in ("samples", "default")]
+        sections.append((
+            "Per-case inference latency (shipped checkpoint)",
+            "`python -m mtilib.bench --one inference --kwargs '{\"checkpoint\": "
+            "\"data_samples/checkpoints/mtinet_course.pt\", \"preset\": \"samples\"}'`",
+            "All slices of one case, stitched, largest component kept, class and enhancement aggregated; median of 5.",
+            markdown_table([{"case (P, H, W, S)": str(tuple(r["shape"])), "seconds (median)": r["median_s"],
+                             "peak RSS (MB)": r["peak_rss_mb"]} for r in inf], floatfmt=".3g"),
+        ))
+
+    log("[bench] phantom ...")
+    gen = [run_isolated("phantom", preset="default", repeats=5),
+           run_isolated("phantom", preset="samples", repeats=5, dataset_cases=238, dataset_preset="samples")]
+    sections.append((
+        "Phantom generation",
+        "`python -m mtilib.bench --one phantom --kwargs '{\"preset\": \"samples\", \"dataset_cases\": 238}'`",
+        "Median of 5 single cases; the 238-case data set (the paper's cohort size) generated in memory "
+        "(writing adds about 0.15 s per default case).",
+        markdown_table([
+            {"what": f"one `{gen[0]['preset']}` case (128×128×24)", "seconds": gen[0]["median_case_s"],
+             "peak RSS (MB)": gen[0]["peak_rss_mb"]},
+            {"what": "one `samples` case (64×64×12)", "seconds": gen[1]["median_case_s"], "peak RSS (MB)": None},
+            {"what": "238 `samples` cases", "seconds": gen[1]["dataset_s"], "peak RSS (MB)": gen[1]["peak_rss_mb"]},
+            {"what": "238 `default` cases (238 × the median above; extrapolated, not measured)",
+             "seconds": 238 * gen[0]["median_case_s"], "peak RSS (MB)": None},
+        ], floatfmt=".3g"),
+    ))
+
+    if course:
+        for quick in (True, False):
+            mode = "QUICK" if quick else "full"
+            log(f"[bench] notebooks ({mode}) ...")
+            nb = measure_course(quick, REPO_ROOT / "build" / f"bench-course-{mode.lower()}")
+            total = sum(r["seconds"] for r in nb)
+            nb.append({"notebook": "total", "ok": all(r["ok"] for r in nb), "seconds": total,
+                       "peak_rss_mb": max(r["peak_rss_mb"] for r in nb)})
+            sections.append((
+                f"Notebooks, {mode} mode",
+                f"`mtilib course {'--quick ' if quick else ''}--only NN` per notebook (what `make "
+                f"{'test' if quick else 'course'}` runs), kernel start included",
+                f"Total {total / 60:.1f} minutes.",
+                markdown_table(nb, floatfmt=".1f"),
+            ))
+
+    lines = ["# Benchmarks", "", f"Written by `make bench` (`mtilib bench`) on {time.strftime('%Y-%m-%d')} in "
+             f"{(time.perf_counter() - started) / 60:.0f} minutes. Machine: {machine_line()}.", "",
+             "Medians of repeated runs; each measurement in a fresh process, its peak resident memory (RSS) "
+             "included. The machines are noisy: compare ratios, not third digits.", ""]
+    for title, command, text, table in sections:
+        lines += [f"## {title}", "", f"Command: {command}.", "", text, "", table, ""]
+    for title, command, text, table in recorded_runs(checkpoint, REPO_ROOT / "docs" / "results.json"):
+        lines += [f"## {title}", "", f"Command: {command}.", "", text, "", table, ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    log(f"[bench] wrote {out}")
+    return out
 
 
 def main(argv=None) -> int:

@@ -175,14 +175,14 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from pathlib import Path
 
-    import nibabel as nib
     import numpy as np
 
-    from mtilib.constants import CLASS_NAMES, DEFAULT_PHASE_TIMES_S, LESION, PHASES
+    from mtilib.constants import DEFAULT_PHASE_TIMES_S, LESION
     from mtilib.data.dataset import CaseVolume
-    from mtilib.data.io import load_phase_images
+    from mtilib.data.io import load_phase_images, write_label_volume
     from mtilib.runtime import resolve_precision, select_device
     from mtilib.train import load_model, predict_case
+    from mtilib.train.inference import prediction_report
 
     device = select_device(args.device)
     model, cfg, _ = load_model(args.ckpt, device)
@@ -200,31 +200,31 @@ def _cmd_predict(args) -> int:
     pred = predict_case(model, volume, cfg.data.image_size, device, resolve_precision(cfg.precision, device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = nib.load(args.images[0]).header
-    for name, data in (("lesion_mask", (pred.label_map == LESION).astype(np.uint8)),
-                       ("labels", pred.label_map.astype(np.uint8))):
-        img = nib.Nifti1Image(data, affine)
-        img.set_qform(affine, code=int(header["qform_code"]) or 1)
-        img.set_sform(affine, code=int(header["sform_code"]) or 1)
-        nib.save(img, out / f"{name}.nii.gz")
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    write_label_volume(out / "lesion_mask.nii.gz", pred.label_map == LESION, affine)
+    write_label_volume(out / "labels.nii.gz", pred.label_map, affine)
     report = {
         "inputs": [str(p) for p in args.images],
         "phase_times_s": [float(t) for t in times],
         "checkpoint": str(args.ckpt),
-        "lesion_found": bool((pred.label_map == LESION).any()),
-        "lesion_volume_ml": float((pred.label_map == LESION).sum() * voxel_ml),
+        **prediction_report(pred, spacing, cfg.model.num_classes),
     }
-    class_names = CLASS_NAMES if cfg.model.num_classes == len(CLASS_NAMES) else \
-        [f"class_{i}" for i in range(cfg.model.num_classes)]
-    if pred.class_probs is not None:
-        report["class_probabilities"] = {n: float(p) for n, p in zip(class_names, pred.class_probs)}
-        report["predicted_class"] = class_names[pred.class_id]
-    if pred.enhancement is not None:
-        report["enhancement"] = {n: float(v) for n, v in zip(PHASES[1:], pred.enhancement)}
     (out / "prediction.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"wrote {out / 'lesion_mask.nii.gz'}, {out / 'labels.nii.gz'} and {out / 'prediction.json'}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from mtilib.bench import write_benchmarks
+
+    write_benchmarks(args.out, course=not args.skip_course)
+    return 0
+
+
+def _cmd_results(args) -> int:
+    from mtilib.results import run_results
+
+    run_results(args.out, args.preset, tuple(args.seeds), args.networks, args.work)
     return 0
 
 
@@ -326,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    p.add_argument("--skip-course", action="store_true", help="skip executing the notebooks (saves ~40 min)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("results", help="train and evaluate MTI-Net, ablations and baselines over seeds")
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--preset", default="results", choices=["results", "paper"],
+                   help="results: about 90 min on 2 CPU cores; paper: full size, for a GPU")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--networks", nargs="+", help="subset of the networks (default: all)")
+    p.add_argument("--work", default="build/results", help="data, runs and per-run results (cached)")
+    p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (no solutions)")
     p.add_argument("--out", default="build/student")

@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from mtilib.data.io import write_dataset
 from mtilib.data.phantom import PhantomConfig, iter_cases
 from mtilib.metrics import headline_metrics
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         f"(width {cfg.model.width}, {cfg.optim.epochs} epochs, {cfg.data.image_size}×{cfg.data.image_size} slices) "
         f"on {CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; 20 % held out for "
         f"validation), best epoch {result.best_epoch}. Training took {train_seconds / 60:.1f} minutes "
-        f"on {versions()['torch']} (CPU).",
+        f"on torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}).",
         "",
         "Reproduce: `make checkpoint` (runs `scripts/make_checkpoint.py`).",
         "",

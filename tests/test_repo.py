@@ -114,7 +114,7 @@ def test_environment_yml_installs_the_same_things_as_make_setup():
 
 
 LAYERS = [
-    {"mtilib.constants", "mtilib.runtime"},
+    {"mtilib.constants", "mtilib.runtime", "mtilib.tables"},
     {"mtilib.data"},
     {"mtilib.models"},
     {"mtilib.losses"},

@@ -195,6 +195,14 @@ def _save(img: nib.Nifti1Image, path: Path, compresslevel: int = 6) -> None:
     tmp.replace(path)
 
 
+def write_label_volume(path, labels: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a label map or binary mask ``(H, W, S)`` as uint8 NIfTI with ``affine`` (e.g. the
+    input image's, so that the mask overlays it in any viewer). Returns the path."""
+    path = Path(path)
+    _save(_nifti(np.asarray(labels).astype(np.uint8), affine, np.uint8), path)
+    return path
+
+
 def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray,
                split: str = "train", dtype: str = "int16") -> list[Path]:
     """Write one case's phase files and label file; returns the paths written.
@@ -521,6 +529,58 @@ def load_phase_images(paths, expected_phases: int | None = len(PHASES),
     if n < 2:
         raise DatasetError(f"{paths[0]}: need at least two phases, got {n}")
     return images, affine
+
+
+def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name: str = "my-data",
+                       description: str = "") -> DatasetIndex:
+    """Convert a user's NIfTI files into the layout of this package (nnU-Net compatible).
+
+    ``cases``: one dict per case with ``case`` (id), ``phases`` (one file per phase, in phase order,
+    or one 4D file), ``label`` (label map file: 0 background, 1 liver, 2 lesion, on the same grid),
+    ``class`` (name or id), ``split`` ("train"/"test") and optionally ``phase_times_s``
+    (default 0, 35, 70, 180 s). Every file is validated as in :func:`load_case`; the enhancement
+    target is measured from the images under the lesion label (the real-data route of
+    :func:`relative_enhancement`). Returns the index read back, so a bad conversion fails here.
+    """
+    from mtilib.constants import class_id as to_class_id
+
+    root = Path(root)
+    records = []
+    for spec in cases:
+        missing = [k for k in ("case", "phases", "label", "class", "split") if k not in spec]
+        if missing:
+            raise DatasetError(f"case spec {spec.get('case', spec)!r}: missing {', '.join(missing)}")
+        images, affine = load_phase_images(spec["phases"])
+        labels, label_affine = _load_nifti(Path(spec["label"]), None, integer=True)
+        label_name = str(spec["label"])
+        _check_same_grid(labels.shape, label_affine, images.shape[1:], affine, label_name, str(spec["phases"][0]),
+                         AFFINE_TOL_MM)
+        values = set(np.unique(labels).tolist())
+        if not values <= {0, 1, 2}:
+            raise DatasetError(f"{label_name}: label values {sorted(values - {0, 1, 2})} outside {{0, 1, 2}}")
+        if 2 not in values:
+            raise DatasetError(f"{label_name}: no lesion voxels (value 2): cannot measure the enhancement target")
+        try:
+            cls = to_class_id(spec["class"])
+        except ValueError as exc:
+            raise DatasetError(f"case {spec['case']}: {exc}") from exc
+        times = [float(t) for t in spec.get("phase_times_s", DEFAULT_PHASE_TIMES_S[: images.shape[0]])]
+        if len(times) != images.shape[0]:
+            raise DatasetError(f"case {spec['case']}: {len(times)} phase times for {images.shape[0]} phases")
+        write_case(root, spec["case"], images, labels, affine, split=spec["split"], dtype=dtype)
+        enhancement = relative_enhancement(images, labels == 2, phase_axis=0)
+        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+        records.append(_json_ready({
+            "case": spec["case"], "split": spec["split"], "class": cls, "class_name": CLASS_NAMES[cls],
+            "enhancement": [float(v) for v in enhancement], "phase_times_s": times,
+            "lesion_volume_ml": float((labels == 2).sum() * np.prod(spacing) / 1000.0),
+            "source": [str(p) for p in (spec["phases"] if not isinstance(spec["phases"], (str, Path))
+                                        else [spec["phases"]])],
+        }))
+    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    write_dataset_json(root, records, name=name, description=description, intensity_storage=dtype)
+    return read_dataset(root)
 
 
 # --------------------------------------------------------------------------------------------

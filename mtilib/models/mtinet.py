@@ -81,6 +81,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def architecture(self) -> dict:
+        """The fields that shape the weights (everything but training-time regularisation):
+        two configs with equal architectures can exchange state dicts."""
+        return {k: v for k, v in self.to_dict().items() if k != "dropout"}
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         return cls(**data)

@@ -72,6 +72,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     log_every: int = 0  # steps between log lines inside an epoch (0: epoch lines only)
+    init_checkpoint: str | None = None  # fine-tune: start from these weights (same model config)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     data: DataConfig = field(default_factory=DataConfig)

@@ -212,6 +212,9 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         say(f"[train] resumed from {last_path} at epoch {start_epoch}")
     elif resume:
         say(f"[train] no {last_path} yet: starting from scratch")
+    if cfg.init_checkpoint and start_epoch == 0:
+        _init_from(cfg, model, disc)
+        say(f"[train] starting from the weights of {cfg.init_checkpoint}")
 
     g_model, g_disc = model, disc
     if world > 1:
@@ -343,6 +346,18 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     if world > 1 and dist.is_initialized():
         dist.barrier()
     return RunResult(out_dir, best_score, best_epoch, history, last_summary)
+
+
+def _init_from(cfg: TrainConfig, model, disc) -> None:
+    """Fine-tuning: load network (and discriminator, when both have one) weights, not the optimiser."""
+    path = cfg.init_checkpoint
+    state = load_checkpoint(path)
+    saved = TrainConfig.from_dict(state["config"]).model
+    if saved.architecture() != cfg.model.architecture():
+        raise ValueError(f"{path}: was trained with another model config; cannot start from it")
+    load_state_dict_checked(model, state["model"], path, "network")
+    if disc is not None and state.get("discriminator") is not None:
+        load_state_dict_checked(disc, state["discriminator"], path, "discriminator")
 
 
 def _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:

@@ -69,17 +69,22 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert [h["epoch"] for h in history][-1] == cfg.optim.epochs
 
 
-#: DDP splits each global batch over 2 processes and averages gradients. The batch-pooled Dice and
-#: the lesion-slice means differ slightly per rank, so the runs are close, not bit-identical.
+SHIPPED = DEFAULT_DATA.parent / "checkpoints" / "mtinet_course.pt"
+
+#: DDP splits each global batch over 2 processes and averages their gradients. The batch-pooled
+#: Dice and the lesion-slice means differ slightly per rank, so the runs are close, not identical.
 #: (Training losses are not compared: rank 0 logs the loss of its half batch only.)
-DDP_TOLERANCE = {"val_dice": 0.1, "val_enhancement_mae": 0.05, "val_accuracy": 0.3}
+DDP_TOLERANCE = {"val_dice": 0.05, "val_enhancement_mae": 0.03, "val_accuracy": 0.15, "val_score": 0.05}
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path):
-    cfg = tiny_config(epochs=6)
-    cfg.deterministic = False
-    cfg.model.width = 8
-    cfg.data.image_size = 64
+    """Fine-tune the shipped checkpoint for 2 epochs with 1 and with 2 processes (Gloo on CPU):
+    starting from trained weights makes the validation metrics meaningful in a short run."""
+    cfg = TrainConfig.preset("course")
+    cfg.init_checkpoint = str(SHIPPED)
+    cfg.model.dropout = 0.0
+    cfg.optim.epochs, cfg.optim.lr, cfg.optim.warmup_epochs = 2, 2e-4, 0.0
+    cfg.adversarial.warmup_epochs = 0.0
     cfg_path = tmp_path / "cfg.yaml"
     cfg.to_yaml(cfg_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -92,10 +97,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         capture_output=True, text=True, env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("[train] epoch 6/6") == 1  # only rank 0 logs
+    assert run.stdout.count("[train] epoch 2/2") == 1  # only rank 0 logs
+    assert "2 process(es)" in run.stdout
     one = json.loads((single / "history.jsonl").read_text().splitlines()[-1])
     two = json.loads((ddp / "history.jsonl").read_text().splitlines()[-1])
-    print({k: (one[k], two[k]) for k in DDP_TOLERANCE})
+    print("1 process vs 2 processes:", {k: (round(one[k], 4), round(two[k], 4)) for k in DDP_TOLERANCE})
+    assert one["val_dice"] > 0.3, "the fine-tuned model should segment: the comparison would be empty otherwise"
     for key, tol in DDP_TOLERANCE.items():
         assert abs(one[key] - two[key]) <= tol, f"{key}: 1 process {one[key]:.4f}, 2 processes {two[key]:.4f}"
 

@@ -1,0 +1,37 @@
+"""The results table machinery on a tiny experiment: data, runs, caching, aggregation, markdown."""
+
+import json
+
+import pytest
+
+from mtilib.results import ResultsPreset, aggregate, run_results
+
+pytestmark = pytest.mark.slow
+
+
+def test_results_table_on_a_tiny_experiment(tmp_path):
+    tiny = ResultsPreset(phantom_preset="quick", train_preset="quick", width=4, image_size=32, epochs=1,
+                         batch_size=8, cases_per_class=3, test_per_class=1)
+    out = tmp_path / "results.md"
+    logs = []
+    rows = run_results(out, "results", seeds=(0, 1), networks=["unet", "cls_only"], work=tmp_path / "work",
+                       log=logs.append, preset=tiny)
+    assert [r["network"] for r in rows] == ["unet", "cls_only"]
+    unet, cls_only = rows
+    assert unet["seeds"] == 2 and unet["dice"][0] is not None and unet["accuracy"] == (None, None)
+    assert cls_only["dice"] == (None, None) and cls_only["accuracy"][0] is not None
+    assert set(cls_only["per_class_recall"]) == {"hemangioma", "ICC", "abscess", "metastasis", "cyst", "FNH", "HCC"}
+    text = out.read_text()
+    assert "| unet |" in text and "| cls_only |" in text and "±" in text and "make results" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["runs"]) == 4
+    index = json.loads((tmp_path / "work" / "results" / "data" / "dataset.json").read_text())
+    splits = [c["split"] for c in index["mtilib"]["cases"]]
+    assert splits.count("train") == 14 and splits.count("test") == 7
+
+    # a second invocation reuses every finished run (nothing retrained)
+    logs.clear()
+    again = run_results(out, "results", seeds=(0, 1), networks=["unet", "cls_only"], work=tmp_path / "work",
+                        log=logs.append, preset=tiny)
+    assert not any("seed" in line and ": " in line and " s |" in line for line in logs)
+    assert again == aggregate(data["runs"])
