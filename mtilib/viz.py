@@ -512,3 +512,355 @@ def plot_temperature_sweep(temperatures, mean_weights, current: float | None = N
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- notebooks 04-06: segmentation overlays, slice votes, enhancement scatter, curve panels -------------
+
+
+def _crop_box(shape, masks, size: int) -> tuple[slice, slice]:
+    """A ``size``-pixel square window inside ``shape``, centred on the first non-empty mask (else on the image)."""
+    centre = np.array(shape, dtype=float) / 2
+    for mask in masks:
+        if mask is not None and mask.any():
+            centre = np.argwhere(mask).mean(axis=0)
+            break
+    box = []
+    for c, n in zip(centre, shape):
+        width = min(size, n)
+        start = int(np.clip(round(c - width / 2), 0, n - width))
+        box.append(slice(start, start + width))
+    return tuple(box)
+
+
+def overlay_grid(images, true_masks=None, pred_masks=None, titles=None, ncols: int = 4, cell_size: float = 2.6,
+                 suptitle: str | None = None, crop: int | None = None):
+    """Several :func:`overlay` panels in a grid: 2D images with the true (green, solid) and the
+    predicted (magenta, dashed) lesion contours.
+
+    ``images``: a sequence of ``(H, W)`` arrays or tensors; ``true_masks``/``pred_masks``: sequences
+    of the same length of ``(H, W)`` binary masks (an entry, or the whole argument, may be None);
+    ``titles``: one string per panel. ``crop``: show only a ``crop × crop`` window centred on the
+    true mask (or, if that is empty, the predicted one), for small lesions. Unused cells of the last
+    row are blank.
+    """
+    images = [_as_array(x) for x in images]
+    n = len(images)
+    if n == 0:
+        raise ValueError("overlay_grid needs at least one image")
+
+    def _per_panel(values, name):
+        values = [None] * n if values is None else list(values)
+        if len(values) != n:
+            raise ValueError(f"{n} images but {len(values)} {name}")
+        return values
+
+    trues = [None if m is None else np.asarray(m, dtype=bool) for m in _per_panel(true_masks, "true masks")]
+    preds = [None if m is None else np.asarray(m, dtype=bool) for m in _per_panel(pred_masks, "predicted masks")]
+    titles = [t or "" for t in _per_panel(titles, "titles")]
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows + 0.2), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax, image, t, p, title in zip(axes.flat, images, trues, preds, titles):
+        if crop is not None:
+            box = _crop_box(image.shape, (t, p), crop)
+            image, t, p = image[box], None if t is None else t[box], None if p is None else p[box]
+        overlay(image, t, p, ax=ax, title=title)
+        ax.title.set_fontsize(8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_slice_votes(slice_probs, lesion_area, class_names=CLASS_NAMES, true_class: int | None = None,
+                     title: str | None = None):
+    """How the slices of one case vote for its class.
+
+    Top: predicted lesion area per slice (the weights of
+    :func:`mtilib.data.dataset.aggregate_case`). Bottom: every slice's class probabilities
+    (classes × slices heatmap) with the slice's top class marked by a dot. Slices without predicted
+    lesion are hatched: area weighting gives them no vote. ``true_class`` outlines its row.
+    ``slice_probs (S, C)``, ``lesion_area (S,)``.
+    """
+    from matplotlib.patches import Rectangle
+
+    probs, area = _as_array(slice_probs), _as_array(lesion_area)
+    if probs.ndim != 2 or area.shape != (probs.shape[0],):
+        raise ValueError(f"slice_probs must be (S, C) and lesion_area (S,), got {probs.shape} and {area.shape}")
+    n_slices, n_classes = probs.shape
+    names = list(class_names)[:n_classes]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(5.0, 0.45 * n_slices + 2.5), 5.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [1, 2.2]})
+    slices = np.arange(n_slices)
+    top.bar(slices, area, color="#d62728")
+    top.set_ylabel("lesion pixels")
+    top.set_title(title or "per-slice predictions")
+    bottom.imshow(probs.T, aspect="auto", cmap="Blues", vmin=0, vmax=1, origin="upper",
+                  extent=(-0.5, n_slices - 0.5, n_classes - 0.5, -0.5))
+    bottom.scatter(slices, probs.argmax(1), color="black", s=12, zorder=3, label="slice's top class")
+    for s in np.flatnonzero(area <= 0):
+        bottom.add_patch(Rectangle((s - 0.5, -0.5), 1, n_classes, fill=False, hatch="///", edgecolor="grey",
+                                   lw=0))
+    if true_class is not None:
+        bottom.add_patch(Rectangle((-0.5, true_class - 0.5), n_slices, 1, fill=False, edgecolor="#2ca02c", lw=2,
+                                   label=f"true class: {names[true_class]}"))
+    bottom.set_yticks(range(n_classes), names)
+    bottom.set_xticks(slices)
+    bottom.set_xlabel("slice (hatched: no predicted lesion, no vote)")
+    bottom.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_enhancement_scatter(pred, true, classes=None, phase_names=PHASES[1:], class_names=CLASS_NAMES):
+    """Predicted against true relative enhancement, one panel per post-contrast phase, with the
+    identity line and the phase's MAE and Pearson r in its title. ``pred``/``true (N, P-1)``;
+    ``classes (N,)`` colours the points by class when given."""
+    pred, true = _as_array(pred), _as_array(true)
+    if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != len(phase_names):
+        raise ValueError(f"pred and true must both be (N, {len(phase_names)}), got {pred.shape} and {true.shape}")
+    classes = None if classes is None else np.asarray(classes)
+    fig, axes = plt.subplots(1, len(phase_names), figsize=(3.3 * len(phase_names), 3.4), squeeze=False)
+    low = float(min(pred.min(), true.min()))
+    high = float(max(pred.max(), true.max()))
+    pad = 0.05 * (high - low or 1.0)
+    for j, (ax, name) in enumerate(zip(axes[0], phase_names)):
+        if classes is None:
+            ax.scatter(true[:, j], pred[:, j], s=18, color=PHASE_COLOURS[0])
+        else:
+            for k in sorted(set(classes.tolist())):
+                sel = classes == k
+                ax.scatter(true[sel, j], pred[sel, j], s=18, color=plt.cm.tab10(k % 10), label=class_names[k])
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="grey", ls=":", lw=1)
+        mae = float(np.abs(pred[:, j] - true[:, j]).mean())
+        r = np.corrcoef(true[:, j], pred[:, j])[0, 1] if len(true) > 1 and np.ptp(true[:, j]) and np.ptp(pred[:, j]) \
+            else float("nan")
+        ax.set_title(f"{name}: MAE {mae:.2f}, r {r:.2f}", fontsize=9)
+        ax.set_xlabel("true RE")
+        ax.set_xlim(low - pad, high + pad)
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_aspect("equal")
+    axes[0, 0].set_ylabel("predicted RE")
+    if classes is not None:
+        axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curve_panels(x, panels: dict, xlabel: str, suptitle: str | None = None, logy=False, cell_size=3.4):
+    """Small multiples: one panel per entry of ``panels``, sharing the x values ``x``.
+
+    ``panels``: ``{panel title: values (len(x),)}`` for one line, or ``{panel title: {label: values}}``
+    for several lines with a legend. ``logy``: a log y axis (a bool, or one per panel). For
+    quantities on different scales (two loss terms, a loss and a metric) plotted against the
+    same x (a shift, a training step).
+    """
+    x = np.asarray(x, dtype=float)
+    titles = list(panels)
+    if not titles:
+        raise ValueError("plot_curve_panels needs at least one panel")
+    logs = [bool(logy)] * len(titles) if np.ndim(logy) == 0 else [bool(v) for v in logy]
+    if len(logs) != len(titles):
+        raise ValueError(f"{len(titles)} panels but {len(logs)} logy flags")
+    fig, axes = plt.subplots(1, len(titles), figsize=(cell_size * len(titles) + 0.4, 3.2), squeeze=False)
+    for ax, title, log in zip(axes[0], titles, logs):
+        lines = panels[title]
+        lines = lines if isinstance(lines, dict) else {None: lines}
+        for k, (label, values) in enumerate(lines.items()):
+            values = _as_array(values)
+            if values.shape != x.shape:
+                raise ValueError(f"panel {title!r}, line {label!r}: {values.shape} values for {x.shape} x values")
+            ax.plot(x, values, marker="o" if len(x) <= 20 else None, ms=4, color=PHASE_COLOURS[k % 6],
+                    label=label)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        if any(label is not None for label in lines):
+            ax.legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The phase Transformer and the adversarial game (course notebooks 07 and 08)
+# --------------------------------------------------------------------------------------------
+
+def plot_time_encoding(times_s, features, codes=None, phase_times_s=None, phase_names=PHASES):
+    """The time encoding against acquisition time.
+
+    Left: the sinusoidal features ``(T, 2F)`` (first half sines, second half cosines, as
+    :class:`~mtilib.models.blocks.TimeEncoding` concatenates them) for the times ``(T,)``, one
+    line per feature, coloured from the shortest period to the longest. Right (when ``codes``
+    ``(T, D)``, the projected encodings, are given): the cosine similarity of the codes of every
+    pair of times. Dotted lines mark ``phase_times_s``.
+    """
+    times, features = _as_array(times_s), _as_array(features)
+    if features.ndim != 2 or features.shape[0] != times.shape[0] or features.shape[1] % 2:
+        raise ValueError(f"features must be (T, 2F) for {times.shape[0]} times, got {features.shape}")
+    n_freq = features.shape[1] // 2
+    ncols = 1 if codes is None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
+    left = axes[0, 0]
+    colours = plt.cm.viridis(np.linspace(0, 0.9, n_freq))
+    for k in range(n_freq):
+        left.plot(times, features[:, k], color=colours[k], lw=1.2)
+        left.plot(times, features[:, n_freq + k], color=colours[k], lw=1.0, ls="--")
+    left.set_xlabel("time after injection (s)")
+    left.set_ylabel("feature value")
+    left.set_title(f"{n_freq} sines (solid) and cosines (dashed),\nshort periods (dark) to long (light)")
+    marks = [] if phase_times_s is None else list(zip(_as_array(phase_times_s), phase_names))
+    for t, name in marks:
+        left.axvline(t, color="grey", ls=":", lw=1)
+        left.text(t, 1.08, name, ha="center", fontsize=7, color="grey")
+    left.set_ylim(-1.15, 1.2)
+    if codes is not None:
+        codes = _as_array(codes)
+        unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        right = axes[0, 1]
+        extent = (times[0], times[-1], times[0], times[-1])
+        shown = right.imshow(similarity, origin="lower", extent=extent, cmap="magma", vmin=-1, vmax=1)
+        for t, _ in marks:
+            right.axvline(t, color="white", ls=":", lw=0.8)
+            right.axhline(t, color="white", ls=":", lw=0.8)
+        right.set_xlabel("time (s)")
+        right.set_ylabel("time (s)")
+        right.set_title("cosine similarity of the projected codes")
+        fig.colorbar(shown, ax=right, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_phase_attention(attention: dict, pool_weights: dict | None = None, phase_names=PHASES,
+                         suptitle: str | None = None):
+    """Phase-to-phase attention per group (e.g. per lesion class) and the pooling weights.
+
+    ``attention``: ``{name: (P, P)}`` (rows: the phase that asks, columns: the phase it reads;
+    each row sums to 1), drawn as one heat map per name. ``pool_weights``: ``{name: (P,)}``, drawn
+    as one line per name in a last panel, with the uniform weight 1/P dotted.
+    """
+    names = list(attention)
+    if not names:
+        raise ValueError("attention is empty")
+    n_extra = 0 if pool_weights is None else 1
+    ncols = min(4, len(names) + n_extra)
+    nrows = int(np.ceil((len(names) + n_extra) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.8 * nrows), squeeze=False)
+    flat = axes.ravel()
+    p = _as_array(attention[names[0]]).shape[0]
+    labels = [phase_names[i] if i < len(phase_names) else str(i) for i in range(p)]
+    for ax, name in zip(flat, names):
+        a = _as_array(attention[name])
+        ax.imshow(a, cmap="Blues", vmin=0, vmax=max(0.5, float(a.max())))
+        for i in range(p):
+            for j in range(p):
+                ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if a[i, j] > 0.35 else "black")
+        ax.set_xticks(range(p), [s[:3] for s in labels], fontsize=7)
+        ax.set_yticks(range(p), [s[:3] for s in labels], fontsize=7)
+        ax.set_title(name, fontsize=9)
+    if pool_weights is not None:
+        ax = flat[len(names)]
+        for k, (name, w) in enumerate(pool_weights.items()):
+            ax.plot(range(p), _as_array(w), marker="o", ms=3, color=plt.cm.tab10(k % 10), label=name)
+        ax.axhline(1 / p, color="grey", ls=":", lw=1)
+        ax.set_xticks(range(p), [s[:3] for s in labels], fontsize=7)
+        ax.set_title("pooling weights", fontsize=9)
+        ax.legend(fontsize=6)
+    for ax in flat[len(names) + n_extra:]:
+        ax.set_axis_off()
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def gan_loss_terms(scores, kind: str = "lsgan") -> dict:
+    """Per-sample terms of a GAN objective as functions of the discriminator's score ``s``:
+    ``{"D, real sample": ..., "D, fake sample": ..., "G (fake sample)": ...}`` (arrays like
+    ``scores``), each evaluated with :func:`mtilib.losses.discriminator_loss` /
+    :func:`mtilib.losses.generator_adversarial_loss` on one sample while the other half of D's
+    loss sits at its minimum."""
+    import torch
+
+    from mtilib.losses import discriminator_loss, generator_adversarial_loss
+
+    s = torch.as_tensor(_as_array(scores), dtype=torch.float64).reshape(-1, 1)
+    best_real, best_fake = {"lsgan": (1.0, 0.0), "bce": (60.0, -60.0), "hinge": (1.0, -1.0)}.get(kind, (1.0, 0.0))
+    real = torch.full((1,), best_real, dtype=torch.float64)
+    fake = torch.full((1,), best_fake, dtype=torch.float64)
+    terms = {"D, real sample": [discriminator_loss(v, fake, kind) for v in s],
+             "D, fake sample": [discriminator_loss(real, v, kind) for v in s],
+             "G (fake sample)": [generator_adversarial_loss(v, kind) for v in s]}
+    shape = np.shape(scores)
+    return {k: np.array([float(x) for x in v]).reshape(shape) for k, v in terms.items()}
+
+
+def plot_gan_objectives(kinds=("lsgan", "bce", "hinge"), scores=None):
+    """One panel per GAN objective: D's loss on a real and on a fake sample, and G's loss, against
+    the score D gives (:func:`gan_loss_terms`)."""
+    scores = np.linspace(-2.5, 2.5, 201) if scores is None else _as_array(scores)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
+    styles = {"D, real sample": ("#2ca02c", "-"), "D, fake sample": ("#d62728", "-"),
+              "G (fake sample)": ("#1f77b4", "--")}
+    for ax, kind in zip(axes[0], kinds):
+        for name, values in gan_loss_terms(scores, kind).items():
+            colour, ls = styles[name]
+            ax.plot(scores, values, color=colour, ls=ls, label=name)
+        ax.set_ylim(-0.2 if kind != "hinge" else -2.7, 4)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel("score D gives (unbounded)")
+        ax.set_title(kind)
+    axes[0, 0].set_ylabel("loss")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: dict, keys, x: str = "step", titles: dict | None = None, reference: dict | None = None):
+    """Compare runs: one panel per key of their history records, one line per run.
+
+    ``runs``: ``{run name: [record, ...]}`` (records are dicts holding ``x`` and the keys, like
+    the training history or :func:`mtilib.train.adversarial.play_heads_game`'s). ``titles``:
+    ``{key: panel title}``. ``reference``: ``{key: value}`` drawn as a dotted line.
+    """
+    keys = list(keys)
+    ncols = min(3, len(keys))
+    nrows = int(np.ceil(len(keys) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.1 * nrows), squeeze=False)
+    flat = axes.ravel()
+    for ax, key in zip(flat, keys):
+        for k, (name, records) in enumerate(runs.items()):
+            xs = [r[x] for r in records if key in r]
+            ys = [r[key] for r in records if key in r]
+            ax.plot(xs, ys, color=plt.cm.tab10(k % 10), lw=1.4, label=name)
+        if reference and key in reference:
+            ax.axhline(reference[key], color="grey", ls=":", lw=1)
+        ax.set_title((titles or {}).get(key, key), fontsize=9)
+        ax.set_xlabel(x)
+    for ax in flat[len(keys):]:
+        ax.set_axis_off()
+    flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_distributions(scores: dict, ax=None, bins: int = 30, title: str = "discriminator scores"):
+    """Histograms of D's scores, one per group (``{name: (N,)}``), on shared bins."""
+    fig, ax = _ax(ax, (6, 3.5))
+    arrays = {k: _as_array(v).ravel() for k, v in scores.items()}
+    values = np.concatenate(list(arrays.values()))
+    edges = np.linspace(values.min(), values.max() + 1e-9, bins + 1)
+    for k, (name, v) in enumerate(arrays.items()):
+        ax.hist(v, bins=edges, alpha=0.5, color=plt.cm.tab10(k % 10), label=f"{name} (mean {v.mean():.2f})")
+    ax.set_xlabel("score")
+    ax.set_ylabel("slices")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -57,6 +57,124 @@ EXPECTED: dict[str, dict] = {
         "loader_batches": (1, 1000), "stitch_dice": (0.4, 1.0),
         "weighted_class": "HCC", "plain_mean_class": "cyst",  # area weighting outvotes partial-volume tips
     },
+    "04": {
+        # the shared encoder keeps the phases apart (folded into the batch); the traced path is the network
+        "fold_max_diff": (0.0, 1e-5), "trace_max_diff": (0.0, 1e-5), "s0_vs_final_dice": (0.7, 1.0),
+        # the lesion is rare; CE pushes every pixel alike, soft Dice pushes a lesion pixel far harder
+        "lesion_pixel_fraction": (0.001, 0.01), "push_ratio_ce": (0.99, 1.01), "push_ratio_dice": (5.0, 1000.0),
+        "push_ratio_dice_ce": (1.2, 1000.0),
+        # a missed lesion barely moves CE but costs about 0.5 of soft Dice loss (the mean of two class Dices)
+        "ce_increase_missed": (0.0, 0.02), "dice_increase_missed": (0.4, 0.55),
+        # per-image soft Dice punishes correct lesion-free slices; pooled over the batch it does not
+        "dice_loss_lesion_free": (0.3, 1.0), "per_image_worse_than_pooled": True,
+        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: Dice 0.907, HD95 5.3 mm, no miss)
+        "n_test_cases": 14, "test_dice_mean": (0.85, 0.95), "dice_vs_shipped_evaluation": (0.0, 0.01),
+        "test_hd95_median_mm": (0.0, 12.0), "test_assd_mean_mm": (0.0, 3.0), "test_missed_lesions": (0, 1),
+        "voxel_shortcut_wrong_cases": (1, 14),  # voxel distances × in-plane spacing are wrong with 10 mm slices
+        # empty masks: MONAI returns NaN/inf, mtilib its policy; NaN-skipping hides a missed lesion
+        "monai_dice_invented_is_nan": True, "monai_hd95_missed_is_finite": False,
+        "mtilib_hd95_missed_mm": (506.0, 508.0), "mtilib_dice_both_empty": 1.0,
+        "miss_counted_worse": True, "hd95_mean_miss_counted_mm": (25.0, 100.0), "dropping_hides_the_miss": True,
+        # early-fusion U-Net: same decoder, one encoder pass instead of one per phase
+        "encoder_mac_ratio": (3.5, 4.1), "param_ratio_mtinet_unet": (1.5, 3.0), "mac_ratio_mtinet_unet": (2.0, 3.5),
+    },
+    "05": {
+        # one function, three routes: numpy and torch agree; the label route is biased by partial volume
+        "route_numpy_torch_max_diff": (0.0, 1e-5), "label_route_mae": (0.05, 0.5),
+        "cyst_label_route_enhancement": (0.1, 0.6), "mask_gradient_nonzero": True,
+        # lesion-free slices have no target: the network outputs something there, the masked loss ignores it
+        "lesion_free_abs_prediction": (0.1, 10.0), "smooth_l1_masked": (0.0, 0.5),
+        # pooling under s0 measures the lesion, global pooling the whole slice
+        "s0_pooling_closer": True, "pooling_error_s0": (0.0, 0.2), "mask_pool_by_hand_diff": (0.0, 1e-4),
+        # FiLM is the identity at initialisation and has moved away from it in the trained network
+        "film_identity_max_diff": 0.0, "film_gamma_abs_mean": (0.01, 5.0), "dice_with_film": (0.85, 1.0),
+        # consistency: second order exactly 0 for the true mask, both terms grow as the mask moves off the
+        # lesion, and both ignore a common scale of the soft mask (weighted means)
+        "second_order_at_shift0": (0.0, 1e-8), "first_order_grows": True, "second_order_at_max_shift": (0.01, 10.0),
+        "first_order_by_hand_diff": (0.0, 1e-4), "scale_first_order_change": (0.0, 1e-4),
+        "scale_second_order": (0.0, 1e-8),
+        # the checkpoint on the test cases (mtinet_course_evaluation.json: MAE 0.096, Pearson r 0.987):
+        # a flat cyst, HCC washes out, the haemangioma fills in
+        "test_mae_mean": (0.05, 0.15), "test_mae_vs_shipped": (0.0, 0.01), "test_pearson_r_pooled": (0.95, 1.0),
+        "cyst_predicted_enhancement": (-0.15, 0.15), "hcc_predicted_washout": (0.3, 3.0),
+        "hemangioma_predicted_fill_in": (1.0, 5.0),
+    },
+    "06": {
+        "head_inputs": 259, "importance_descriptors": (0.3, 1.0),  # the lesion's descriptors carry the class
+        "slice_imbalance": (1.2, 10.0),  # balanced cases, unbalanced slices
+        "weight_case_mean": (0.999, 1.001), "subset_weight_rare": (1.5, 3.0), "exercise_weights_max_diff": (0.0, 1e-5),
+        # a bias-only classifier learns the class frequencies; inverse-frequency weights flatten that prior
+        "prior_error_unweighted": (0.0, 0.005), "prior_error_weighted": (0.0, 0.005), "weights_raise_rare_prior": True,
+        # label smoothing has a finite optimal margin, log((1 - ε + ε/C) / (ε/C)) ≈ 4.16 for ε = 0.1, C = 7
+        "smoothing_best_margin": (4.0, 4.3), "smoothing_closed_form_margin": (4.15, 4.17),
+        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: accuracy 1.0)
+        "n_test_cases": 14, "test_accuracy": (0.85, 1.0), "test_accuracy_vs_shipped": (0.0, 0.08),
+        "test_macro_f1": (0.8, 1.0), "test_kappa": (0.8, 1.0), "test_auc": (0.95, 1.0),
+        "slice_accuracy": (0.85, 1.0), "macro_f1_by_hand_diff": (0.0, 1e-9),
+        # lesion-free slices must not vote: counting them equally ruins the per-case answer
+        "accuracy_area_weighted": (0.85, 1.0), "accuracy_plain_mean": (0.0, 0.7),
+        "area_weighted_at_least_plain_mean": True, "accuracy_majority_lesion_slices": (0.85, 1.0),
+        # the pair the network finds most alike is among the closest in mean enhancement
+        "top_confused_pair_distance_rank": (1, 7),
+    },
+    "07": {
+        # the diagnosis is the curve: 1-NN on the whole enhancement curve beats any single phase
+        "curve_accuracy": (0.7, 1.0), "best_single_phase_accuracy": (0.3, 0.7), "curve_beats_single_phase": True,
+        "tokens_per_slice": 64, "token_channels": 128,  # 8×8 bottleneck positions of 8w = 128 channels
+        # sinusoidal time features with periods 20-2000 s; nearby times get more similar codes
+        "period_min_s": (19.9, 20.1), "period_max_s": (1999.0, 2001.0), "nearby_times_more_similar": True,
+        "encoding_max_diff": (0.0, 1e-4),  # exercise 1 reproduces TimeEncoding
+        "attention_row_sum_error": (0.0, 1e-5), "pool_weight_sum": (0.9999, 1.0001),
+        # the shipped Transformer attends almost uniformly, the same for every phase and class
+        "attention_class_spread": (0.0, 0.02), "attention_query_spread": (0.0, 0.02), "pool_class_spread": (0.0, 0.02),
+        "pool_weight_max": (0.25, 0.3), "pool_weight_min": (0.2, 0.25), "code_to_token_norm": (0.05, 1.0),
+        # phases moved with their times: summary unchanged; images alone: it changes; the mean sees neither
+        "permutation_with_times_rel_diff": (0.0, 1e-5), "permutation_images_only_rel_diff": (1e-3, 1.0),
+        "mean_images_only_diff": (0.0, 1e-5), "full_network_order_sensitive": True,
+        # another protocol (0/25/55/240 s): enhancement error grows, mostly an overestimated arterial RE
+        "protocol_cases": (7, 100), "dice_default": (0.7, 1.0), "dice_other": (0.6, 1.0),
+        "accuracy_default": (0.7, 1.0), "accuracy_other": (0.4, 1.0),
+        "mae_default": (0.0, 0.3), "mae_increase_other": (0.1, 1.0),
+        "arterial_true_other": (0.1, 0.5), "arterial_overestimate_other": (0.4, 1.5),
+        # ... and the times given make no difference to this checkpoint
+        "default_times_change_enhancement": (0.0, 0.01), "swapped_times_change_enhancement": (0.0, 0.01),
+        "swapped_times_change_probs": (0.0, 0.01),
+    },
+    "08": {
+        "n_tokens": 6, "token_dim": 64,  # [CLS], arterial, venous, delayed, class, context
+        # least squares at equilibrium (exercise 1) and the λ_adv schedule (exercise 2)
+        "d_loss_equilibrium": (0.2499, 0.2501), "g_loss_equilibrium": (0.1249, 0.1251),
+        "schedule_max_diff": (0.0, 1e-12), "final_lambda_adv": (0.0099, 0.0101),
+        # the checkpoint's own training was a balanced game
+        "history_loss_d_last": (0.15, 0.3), "history_loss_adv_last": (0.1, 0.2),
+        # heads game with the defaults: balanced, and the tasks as good as without an adversary
+        "defaults_loss_d": (0.2, 0.3), "defaults_loss_adv": (0.1, 0.16), "defaults_eval_mae": (0.0, 0.3),
+        "defaults_eval_accuracy": (0.6, 1.0), "defaults_vs_no_adversary_mae_diff": (-0.02, 0.02),
+        "no_defence_loss_d": (0.18, 0.3),  # a G that keeps up is not beaten even by a defenceless D
+        # λ_adv far too large from step 0 wrecks the regression
+        "large_weight_early_reg_ratio": (2.0, 100.0), "large_weight_final_mae_ratio": (1.5, 100.0),
+        # against a G that stands still D pulls ahead, faster without noise/smoothing
+        "frozen_no_defence_loss_d": (0.05, 0.245), "frozen_no_defence_loss_adv": (0.14, 0.5),
+        "frozen_no_defence_g_loss_higher": True,
+        # the shipped TDD: a little better than chance on real vs fake, reads the curve, not the class,
+        # and does not penalise impossible (curve, class) pairs
+        "auc_real_fake": (0.5, 0.9), "auc_real_impossible": (0.3, 0.7),
+        "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.01), "cls_attention_sum": (0.9999, 1.0001),
+    },
+    "09": {
+        # the loop of mtilib.train: the loss falls over the QUICK epochs, and a resumed run is bit-identical
+        "epochs": (1, 100), "loss_first": (0.5, 20.0), "loss_last": (0.1, 20.0), "resume_identical": True,
+        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.907, MAE 0.096, accuracy 1.0)
+        "checkpoint_dice": (0.89, 0.92), "checkpoint_enhancement_mae": (0.08, 0.11),
+        "checkpoint_accuracy": (0.92, 1.0), "checkpoint_macro_f1": (0.9, 1.0), "matches_recorded": True,
+        # every row of the results table can be built: MTI-Net, 4 ablations, plain MTL, 3 single-task, U-Net
+        "n_networks": 10, "tim_parameters": (500, 50_000),
+    },
+    "10": {
+        # three NIfTI folders in a foreign layout, converted, predicted and exported
+        "n_cases": 3, "n_exports": 3, "predict_same_space": True, "broken_label_named": True,
+        "dice": (0.4, 1.0), "accuracy": (0.6, 1.0), "enhancement_mae": (0.0, 0.5),
+    },
 }
 
 

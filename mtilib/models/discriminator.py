@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtilib.constants import PHASES
 from mtilib.models.blocks import TimeEncoding
 from mtilib.models.transformer import PreNormLayer
 
@@ -36,7 +37,8 @@ class TaskDrivenDiscriminator(nn.Module):
         self.score = nn.Linear(dim, 1)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def forward(self, enhancement, class_probs, times_s, context):
+    def tokens(self, enhancement, class_probs, times_s, context) -> torch.Tensor:
+        """The input sequence ``(B, 3 + P-1, dim)``, in the order of :func:`token_names`."""
         b, n_post = enhancement.shape
         types = self.type_embedding.weight
         phase_tokens = self.enhancement_in(enhancement.float().unsqueeze(-1))
@@ -44,7 +46,25 @@ class TaskDrivenDiscriminator(nn.Module):
         class_token = (self.class_in(class_probs.float()) + types[2]).unsqueeze(1)
         context_token = (self.context_in(context.detach().float()) + types[3]).unsqueeze(1)
         cls = self.cls_token.expand(b, -1, -1) + types[0]
-        tokens = torch.cat([cls, phase_tokens, class_token, context_token], dim=1)
+        return torch.cat([cls, phase_tokens, class_token, context_token], dim=1)
+
+    def forward(self, enhancement, class_probs, times_s, context):
+        tokens = self.tokens(enhancement, class_probs, times_s, context)
         for layer in self.layers:
             tokens, _ = layer(tokens)
         return self.score(self.norm(tokens[:, 0])).squeeze(-1)
+
+    @torch.no_grad()
+    def last_attention(self, enhancement, class_probs, times_s, context) -> torch.Tensor:
+        """Attention of the last layer, averaged over heads: ``(B, T, T)``, rows = queries
+        (row 0: what [CLS], which makes the score, looks at), tokens as in :func:`token_names`."""
+        tokens = self.tokens(enhancement, class_probs, times_s, context)
+        weights = None
+        for i, layer in enumerate(self.layers):
+            tokens, weights = layer(tokens, need_weights=i == len(self.layers) - 1)
+        return weights.float()
+
+
+def token_names(post_phases=PHASES[1:]) -> list[str]:
+    """Names of the TDD's tokens, in order: ``[CLS]``, one per post-contrast phase, class, context."""
+    return ["[CLS]", *post_phases, "class", "context"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from mtilib.constants import CLASS_NAMES, LESION
+from mtilib.constants import CLASS_NAMES, LESION, PHASES
 from mtilib.data.dataset import CaseVolume, aggregate_case
 from mtilib.metrics import CaseMetrics
 from mtilib.runtime import autocast
@@ -25,7 +25,10 @@ from mtilib.runtime import autocast
 class CasePrediction:
     """Prediction for one case. ``label_map (H, W, S)`` uint8 0/1/2; ``lesion_prob (H, W, S)``;
     ``class_probs (C,)`` and ``enhancement (P-1,)`` or None for networks without those tasks;
-    ``slice_lesion_area (S,)`` predicted lesion pixels per slice."""
+    ``slice_lesion_area (S,)`` predicted lesion pixels per slice (after the largest-component
+    step: the weights of the per-case aggregation). ``slice_class_probs (S, C)`` and
+    ``slice_enhancement (S, P-1)`` are the per-slice outputs before aggregation (None without
+    those tasks), for comparing aggregation rules (notebook 06)."""
 
     case_id: str
     label_map: np.ndarray | None
@@ -33,6 +36,8 @@ class CasePrediction:
     class_probs: np.ndarray | None
     enhancement: np.ndarray | None
     slice_lesion_area: np.ndarray
+    slice_class_probs: np.ndarray | None = None
+    slice_enhancement: np.ndarray | None = None
 
     @property
     def lesion_mask(self) -> np.ndarray | None:
@@ -93,10 +98,30 @@ def predict_case(model: torch.nn.Module, volume: CaseVolume, image_size: int | N
         area = (label_map == LESION).sum(axis=(0, 1)).astype(np.float64)
     else:
         area = np.zeros(s)
-    class_probs, enhancement = aggregate_case(
-        torch.cat(cls).numpy() if cls else None, torch.cat(enh).numpy() if enh else None, area
-    )
-    return CasePrediction(volume.case_id, label_map, lesion_prob, class_probs, enhancement, area)
+    slice_class_probs = torch.cat(cls).numpy() if cls else None
+    slice_enhancement = torch.cat(enh).numpy() if enh else None
+    class_probs, enhancement = aggregate_case(slice_class_probs, slice_enhancement, area)
+    return CasePrediction(volume.case_id, label_map, lesion_prob, class_probs, enhancement, area,
+                          slice_class_probs, slice_enhancement)
+
+
+def prediction_report(pred: CasePrediction, spacing, num_classes: int, phase_names=PHASES) -> dict:
+    """A JSON-ready summary of one prediction: lesion found and its volume (ml), class
+    probabilities by name and the predicted class, enhancement per post-contrast phase.
+    ``mtilib predict`` writes it; notebook 10 tabulates it for many cases."""
+    names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
+    report: dict = {"case": pred.case_id}
+    if pred.label_map is not None:
+        lesion_voxels = int((pred.label_map == LESION).sum())
+        report["lesion_found"] = lesion_voxels > 0
+        report["lesion_volume_ml"] = lesion_voxels * float(np.prod(spacing)) / 1000.0
+        report["lesion_slices"] = [int(s) for s in np.nonzero(pred.slice_lesion_area)[0]]
+    if pred.class_probs is not None:
+        report["class_probabilities"] = {n: float(p) for n, p in zip(names, pred.class_probs)}
+        report["predicted_class"] = names[pred.class_id]
+    if pred.enhancement is not None:
+        report["enhancement"] = {n: float(v) for n, v in zip(phase_names[1:], pred.enhancement)}
+    return report
 
 
 def evaluate_cases(model: torch.nn.Module, volumes: list[CaseVolume], image_size: int | None,
@@ -136,3 +161,60 @@ def validation_score(headline: dict) -> float:
     if headline.get("enhancement_mae") is not None:
         parts.append(max(0.0, 1.0 - headline["enhancement_mae"] / 0.5))
     return float(np.mean(parts)) if parts else 0.0
+
+
+@torch.no_grad()
+def lesion_slice_outputs(model: torch.nn.Module, volumes: list[CaseVolume], image_size: int | None = None,
+                         device: torch.device | str = "cpu", batch_size: int = 32,
+                         min_lesion_pixels: int = 4) -> dict[str, torch.Tensor]:
+    """Run ``model`` on every slice that shows a lesion and gather its outputs, one row per slice.
+
+    For looking inside a trained network (notebooks 07 and 08): what the phase Transformer
+    attends to, what the heads and the discriminator see. Slices are those
+    :class:`~mtilib.data.dataset.SliceDataset` marks ``has_lesion`` (no augmentation, no
+    lesion-free slices), resized to ``image_size``. Returns CPU tensors (N = lesion slices):
+
+    * inputs and truth: ``times (N, P)``, ``class_id (N,)``, ``enhancement (N, P-1)`` (the case's
+      truth), ``case_index (N,)`` (into ``volumes``), ``slice_index (N,)``;
+    * outputs: ``pred_enhancement (N, P-1)``, ``class_logits (N, C)``, ``class_probs (N, C)``;
+    * what the heads and the TDD read: ``descriptors (N, P, d)``, ``context (N, P·d)`` (flattened
+      descriptors, the TDD's context token), ``pooled (N, F)``;
+    * ``aux`` tensors of shape ``(N, ...)`` that the network returns: ``phase_pool_weights (N, P)``
+      and, with the Transformer, ``phase_attention (N, P, P)``.
+
+    ``model`` must do regression and classification (MTI-Net or its multi-task ablations).
+    """
+    from mtilib.data.dataset import SliceDataset
+
+    device = torch.device(device)
+    model.eval()
+    dataset = SliceDataset(volumes, image_size, negative_ratio=0.0, augment=False,
+                           min_lesion_pixels=min_lesion_pixels)
+    items = [dataset[i] for i in range(len(dataset))]
+    items = [item for item in items if bool(item["has_lesion"])]
+    if not items:
+        raise ValueError("no slice of these volumes shows a lesion (labels needed)")
+    keys = ("times", "class_id", "enhancement", "case_index", "slice_index")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        for k in keys:
+            out[k].append(torch.stack([item[k] for item in batch]))
+        x = torch.stack([item["image"] for item in batch]).to(device)
+        pred = model(x, out["times"][-1].to(device))
+        if pred.enhancement is None or pred.class_logits is None:
+            raise ValueError("lesion_slice_outputs needs a network with regression and classification")
+        rows = {
+            "pred_enhancement": pred.enhancement,
+            "class_logits": pred.class_logits,
+            "class_probs": torch.softmax(pred.class_logits.float(), dim=1),
+            "descriptors": pred.aux["descriptors"],
+            "context": pred.aux["descriptors"].flatten(1),
+            "pooled": pred.aux["pooled"],
+        }
+        for k in ("phase_pool_weights", "phase_attention"):
+            if k in pred.aux:
+                rows[k] = pred.aux[k]
+        for k, v in rows.items():
+            out.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
             # discriminator step: real (true e, smoothed one-hot) vs fake (ê, softmax), on lesion slices
             if disc is not None:
-                d_loss = _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake)
+                d_loss = discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake)
                 parts["d"] = d_loss
 
             for key, value in parts.items():
@@ -360,7 +360,7 @@ def _init_from(cfg: TrainConfig, model, disc) -> None:
         load_state_dict_checked(disc, state["discriminator"], path, "discriminator")
 
 
-def _discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
+def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
     """One update of D on (real, fake) pairs of the batch's lesion slices.
 
     A batch without lesion slices still runs D on all its samples with a zero-weighted loss: under
