@@ -14,6 +14,7 @@ run again, so an interrupted table loses no finished run.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -145,14 +146,59 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
-def format_results(rows: list[dict], command: str, timing: dict, preset_name: str, preset: ResultsPreset) -> str:
-    """The markdown of ``docs/results.md``."""
+def results_table(rows: list[dict]) -> list[dict]:
+    """The main table as display rows: network, what changes, and "mean ± std" per metric ("–" where
+    the network has no such task). ``rows`` as returned by :func:`aggregate` or read back from JSON."""
     def pm(value, fmt):
         mean, std = value
         return "–" if mean is None else f"{format(mean, fmt)} ± {format(std, fmt)}"
 
-    main = [{"network": r["network"], "what changes": BASELINES[r["network"]],
+    return [{"network": r["network"], "what changes": BASELINES[r["network"]],
              **{name: pm(r[key], fmt) for name, key, fmt in TABLE_COLUMNS}} for r in rows]
+
+
+#: metrics where lower is better
+LOWER_IS_BETTER = {"hd95_mm", "enhancement_mae"}
+
+
+def compare_to_reference(rows: list[dict], reference: str = "mtinet") -> list[dict]:
+    """Each network against ``reference``, metric by metric: the difference of the seed means
+    (network − reference), the seed noise of that difference (``sqrt(std_a² + std_b²)``), and a
+    verdict: ``"better"``/``"worse"`` when the difference exceeds the noise in the direction that
+    matters for the metric, else ``"within noise"``. With 3 seeds this is a rough screen, not a test."""
+    ref = next(r for r in rows if r["network"] == reference)
+    out = []
+    for row in rows:
+        if row["network"] == reference:
+            continue
+        for _, key, _ in TABLE_COLUMNS:
+            (mean, std), (ref_mean, ref_std) = row[key], ref[key]
+            if mean is None or ref_mean is None:
+                continue
+            difference = mean - ref_mean
+            noise = math.hypot(std, ref_std)
+            gain = -difference if key in LOWER_IS_BETTER else difference
+            verdict = "within noise" if abs(difference) <= noise else ("better" if gain > 0 else "worse")
+            out.append({"network": row["network"], "metric": key, "difference": difference, "noise": noise,
+                        "verdict": verdict})
+    return out
+
+
+def _comparison_table(rows: list[dict]) -> list[dict]:
+    """One line per network: ``difference ± noise (verdict)`` per metric of :func:`compare_to_reference`."""
+    names = {key: name for name, key, _ in TABLE_COLUMNS}
+    table: dict[str, dict] = {}
+    for c in compare_to_reference(rows):
+        cell = f"{c['difference']:+.3f} ± {c['noise']:.3f}" + ("" if c["verdict"] == "within noise" else
+                                                              f" ({c['verdict']})")
+        table.setdefault(c["network"], {"network": c["network"]})[names[c["metric"]]] = cell
+    return [{"network": t["network"], **{name: t.get(name, "–") for name, _, _ in TABLE_COLUMNS}}
+            for t in table.values()]
+
+
+def format_results(rows: list[dict], command: str, timing: dict, preset_name: str, preset: ResultsPreset) -> str:
+    """The markdown of ``docs/results.md``."""
+    main = results_table(rows)
     per_class = [{"network": r["network"], **{c: r["per_class_recall"][c] for c in CLASS_NAMES}}
                  for r in rows if r["per_class_recall"]]
     n_train = (preset.cases_per_class - preset.test_per_class) * len(CLASS_NAMES)
@@ -176,6 +222,14 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         "## Per-class accuracy (recall), mean over seeds",
         "",
         markdown_table(per_class, floatfmt=".2f"),
+        "",
+        "## Against MTI-Net",
+        "",
+        "Difference of the seed means (network − MTI-Net) and its seed noise (√(std² + std²)); "
+        "*better*/*worse* only where the difference exceeds the noise. With 3 seeds this is a screen, "
+        "not a significance test.",
+        "",
+        markdown_table(_comparison_table(rows), floatfmt=".3f"),
         "",
         "## Size and cost",
         "",

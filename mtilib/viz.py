@@ -864,3 +864,31 @@ def plot_score_distributions(scores: dict, ax=None, bins: int = 30, title: str =
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_results(rows, keys=(("dice", "Dice ↑"), ("enhancement_mae", "enh. MAE ↓"), ("accuracy", "accuracy ↑")),
+                 reference: str = "mtinet"):
+    """The results table as bars: one panel per metric, mean ± std over seeds per network.
+
+    ``rows``: the ``rows`` of ``docs/results.json`` (each ``{"network": name, key: [mean, std], ...}``;
+    a network without a task has ``[None, None]`` and is left out of that panel). ``reference``'s
+    mean is drawn as a dotted line so that each bar reads as better or worse than it.
+    """
+    keys = list(keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], keys):
+        shown = [r for r in rows if r[key][0] is not None]
+        names = [r["network"] for r in shown]
+        means = np.array([r[key][0] for r in shown])
+        stds = np.array([r[key][1] for r in shown])
+        colours = ["#c44e52" if n == reference else "#4c72b0" for n in names]
+        ax.barh(np.arange(len(shown)), means, xerr=stds, color=colours, alpha=0.85, capsize=3)
+        ax.set_yticks(np.arange(len(shown)), names, fontsize=8)
+        ax.invert_yaxis()
+        ref = [r[key][0] for r in shown if r["network"] == reference]
+        if ref:
+            ax.axvline(ref[0], color="grey", ls=":", lw=1)
+        ax.set_xlim(0.0, float((means + stds).max()) * 1.03)  # bars from zero: lengths compare honestly
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

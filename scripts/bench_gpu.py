@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--width", type=int, default=32, help="network width (32 is the default MTI-Net)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)
     import torch
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     for arch in ("mtinet", "unet"):
         base = None
         for precision, channels_last, compiled in variants:
-            r = run_isolated("train_step", arch=arch, width=32, batch=args.batch, size=args.size,
+            r = run_isolated("train_step", arch=arch, width=args.width, batch=args.batch, size=args.size,
                              precision=precision, channels_last=channels_last, compile=compiled,
                              repeats=args.repeats, device=args.device)
             base = base or r
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
         f"Written by `python scripts/bench_gpu.py --device {args.device}` on {time.strftime('%Y-%m-%d')} in "
         f"{(time.perf_counter() - started) / 60:.1f} minutes. Machine: {machine_line()}"
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "") + ".", "",
-        f"Training step of the default MTI-Net (width 32) and the early-fusion U-Net, batch {args.batch} at "
+        f"Training step of MTI-Net (width {args.width}; 32 is the default) and the early-fusion U-Net, "
+        f"batch {args.batch} at "
         f"{args.size}², median of {args.repeats}. Matmul peaks: fp32 {peaks['fp32']['gflops'] / 1e3:.1f} TFLOP/s, "
         f"bf16 {peaks['bf16']['gflops'] / 1e3:.1f} TFLOP/s.", "",
         markdown_table(rows, floatfmt=".3g"), "",

@@ -169,6 +169,8 @@ EXPECTED: dict[str, dict] = {
         "checkpoint_accuracy": (0.92, 1.0), "checkpoint_macro_f1": (0.9, 1.0), "matches_recorded": True,
         # every row of the results table can be built: MTI-Net, 4 ablations, plain MTL, 3 single-task, U-Net
         "n_networks": 10, "tim_parameters": (500, 50_000),
+        # docs/results.json (make results): every row, 3 seeds each, all metrics for the multi-task rows
+        "results_networks": 10, "results_min_seeds": 3, "results_complete": True, "results_mtinet_dice": (0.5, 1.0),
     },
     "10": {
         # three NIfTI folders in a foreign layout, converted, predicted and exported

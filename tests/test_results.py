@@ -35,3 +35,25 @@ def test_results_table_on_a_tiny_experiment(tmp_path):
                         log=logs.append, preset=tiny)
     assert not any("seed" in line and ": " in line and " s |" in line for line in logs)
     assert again == aggregate(data["runs"])
+
+
+def test_compare_to_reference_respects_direction_and_noise():
+    from mtilib.results import compare_to_reference, results_table
+
+    def row(network, dice, mae, acc):
+        empty = (None, None)
+        return {"network": network, "dice": dice, "hd95_mm": empty, "enhancement_mae": mae, "accuracy": acc,
+                "macro_f1": empty, "auc": empty}
+
+    rows = [row("mtinet", (0.80, 0.01), (0.20, 0.01), (0.80, 0.03)),
+            row("no_tim", (0.70, 0.01), (0.10, 0.01), (0.82, 0.03)),   # Dice worse, MAE better (lower)
+            row("seg_only", (0.81, 0.02), (None, None), (None, None))]
+    verdicts = {(c["network"], c["metric"]): c for c in compare_to_reference(rows)}
+    assert verdicts[("no_tim", "dice")]["verdict"] == "worse"
+    assert verdicts[("no_tim", "enhancement_mae")]["verdict"] == "better"
+    assert verdicts[("no_tim", "accuracy")]["verdict"] == "within noise"   # 0.02 < hypot(0.03, 0.03)
+    assert abs(verdicts[("no_tim", "accuracy")]["noise"] - (0.03 ** 2 * 2) ** 0.5) < 1e-12
+    assert verdicts[("seg_only", "dice")]["verdict"] == "within noise"
+    assert ("seg_only", "accuracy") not in verdicts                        # no such task
+    table = results_table(rows)
+    assert table[2]["accuracy"] == "–" and table[0]["Dice"] == "0.800 ± 0.010"

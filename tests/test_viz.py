@@ -141,3 +141,19 @@ def test_show_phase_grid_rows_by_phases_with_row_scales():
     assert [t.get_text() for ax in (fig.axes[0], fig.axes[3]) for t in ax.texts] == ["one", "three"]
     with pytest.raises(ValueError):
         show_phase_grid([a], [labels], [2, 2], ["one"])
+
+
+def test_plot_results_leaves_out_networks_without_the_task():
+    from mtilib.viz import plot_results
+
+    rows = [
+        {"network": "mtinet", "dice": [0.8, 0.01], "enhancement_mae": [0.2, 0.02], "accuracy": [0.8, 0.05]},
+        {"network": "seg_only", "dice": [0.78, 0.02], "enhancement_mae": [None, None], "accuracy": [None, None]},
+        {"network": "cls_only", "dice": [None, None], "enhancement_mae": [None, None], "accuracy": [0.6, 0.1]},
+    ]
+    fig = plot_results(rows)
+    bars = [len(ax.patches) for ax in fig.axes]
+    assert bars == [2, 1, 2]
+    labels = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
+    assert labels[0] == ["mtinet", "seg_only"] and labels[2] == ["mtinet", "cls_only"]
+    plt.close(fig)
