@@ -166,7 +166,9 @@ def compare_to_reference(rows: list[dict], reference: str = "mtinet") -> list[di
     (network − reference), the seed noise of that difference (``sqrt(std_a² + std_b²)``), and a
     verdict: ``"better"``/``"worse"`` when the difference exceeds the noise in the direction that
     matters for the metric, else ``"within noise"``. With 3 seeds this is a rough screen, not a test."""
-    ref = next(r for r in rows if r["network"] == reference)
+    ref = next((r for r in rows if r["network"] == reference), None)
+    if ref is None:
+        raise ValueError(f"no row for the reference network {reference!r} among {[r['network'] for r in rows]}")
     out = []
     for row in rows:
         if row["network"] == reference:
@@ -223,14 +225,19 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         "",
         markdown_table(per_class, floatfmt=".2f"),
         "",
-        "## Against MTI-Net",
-        "",
-        "Difference of the seed means (network − MTI-Net) and its seed noise (√(std² + std²)); "
-        "*better*/*worse* only where the difference exceeds the noise. With 3 seeds this is a screen, "
-        "not a significance test.",
-        "",
-        markdown_table(_comparison_table(rows), floatfmt=".3f"),
-        "",
+    ]
+    if any(r["network"] == "mtinet" for r in rows):  # a subset of networks may leave MTI-Net out
+        lines += [
+            "## Against MTI-Net",
+            "",
+            "Difference of the seed means (network − MTI-Net) and its seed noise (√(std² + std²)); "
+            "*better*/*worse* only where the difference exceeds the noise. With 3 seeds this is a screen, "
+            "not a significance test.",
+            "",
+            markdown_table(_comparison_table(rows), floatfmt=".3f"),
+            "",
+        ]
+    lines += [
         "## Size and cost",
         "",
         markdown_table([{"network": r["network"], "parameters": r["parameters"],

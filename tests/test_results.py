@@ -23,6 +23,7 @@ def test_results_table_on_a_tiny_experiment(tmp_path):
     assert set(cls_only["per_class_recall"]) == {"hemangioma", "ICC", "abscess", "metastasis", "cyst", "FNH", "HCC"}
     text = out.read_text()
     assert "| unet |" in text and "| cls_only |" in text and "±" in text and "make results" in text
+    assert "Against MTI-Net" not in text  # no MTI-Net row in this subset, so no comparison section
     data = json.loads(out.with_suffix(".json").read_text())
     assert len(data["runs"]) == 4
     index = json.loads((tmp_path / "work" / "results" / "data" / "dataset.json").read_text())
@@ -57,3 +58,5 @@ def test_compare_to_reference_respects_direction_and_noise():
     assert ("seg_only", "accuracy") not in verdicts                        # no such task
     table = results_table(rows)
     assert table[2]["accuracy"] == "–" and table[0]["Dice"] == "0.800 ± 0.010"
+    with pytest.raises(ValueError, match="reference network 'mtinet'"):
+        compare_to_reference(rows[1:])
