@@ -175,11 +175,9 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from mtilib.constants import DEFAULT_PHASE_TIMES_S, LESION
     from mtilib.data.dataset import CaseVolume
-    from mtilib.data.io import load_phase_images, write_label_volume
+    from mtilib.data.io import load_phase_images, voxel_spacing, write_label_volume
     from mtilib.runtime import resolve_precision, select_device
     from mtilib.train import load_model, predict_case
     from mtilib.train.inference import prediction_report
@@ -195,7 +193,7 @@ def _cmd_predict(args) -> int:
         print(f"mtilib predict: --times needs {cfg.model.phases} values", file=sys.stderr)
         return 2
     images, affine = load_phase_images(args.images)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    spacing = voxel_spacing(affine)
     volume = CaseVolume.from_arrays(Path(args.images[0]).name.split(".")[0], images, times, spacing)
     pred = predict_case(model, volume, cfg.data.image_size, device, resolve_precision(cfg.precision, device))
     out = Path(args.out)

@@ -195,6 +195,16 @@ def _save(img: nib.Nifti1Image, path: Path, compresslevel: int = 6) -> None:
     tmp.replace(path)
 
 
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size ``(3,)`` in mm along the array axes: the lengths of the affine's columns."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def mask_volume_ml(mask: np.ndarray, spacing) -> float:
+    """Volume of a binary mask in ml: voxels × voxel volume (mm³) / 1000."""
+    return float(np.count_nonzero(mask) * np.prod(spacing) / 1000.0)
+
+
 def write_label_volume(path, labels: np.ndarray, affine: np.ndarray) -> Path:
     """Write a label map or binary mask ``(H, W, S)`` as uint8 NIfTI with ``affine`` (e.g. the
     input image's, so that the mask overlays it in any viewer). Returns the path."""
@@ -476,7 +486,7 @@ def load_case(index: DatasetIndex, case_id: str, affine_tol_mm: float = AFFINE_T
     if bad.size:
         raise DatasetError(f"{name}: label values outside {{0, 1, 2}}: {bad.tolist()[:10]}")
     labels = raw.astype(np.uint8)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     return CaseData(case_id=case_id, images=images, labels=labels, affine=affine, spacing=spacing,
                     record=record)
 
@@ -569,11 +579,10 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
             raise DatasetError(f"case {spec['case']}: {len(times)} phase times for {images.shape[0]} phases")
         write_case(root, spec["case"], images, labels, affine, split=spec["split"], dtype=dtype)
         enhancement = relative_enhancement(images, labels == 2, phase_axis=0)
-        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
         records.append(_json_ready({
             "case": spec["case"], "split": spec["split"], "class": cls, "class_name": CLASS_NAMES[cls],
             "enhancement": [float(v) for v in enhancement], "phase_times_s": times,
-            "lesion_volume_ml": float((labels == 2).sum() * np.prod(spacing) / 1000.0),
+            "lesion_volume_ml": mask_volume_ml(labels == 2, voxel_spacing(affine)),
             "source": [str(p) for p in (spec["phases"] if not isinstance(spec["phases"], (str, Path))
                                         else [spec["phases"]])],
         }))

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from mtilib.constants import CLASS_NAMES, LESION, PHASES
 from mtilib.data.dataset import CaseVolume, aggregate_case
+from mtilib.data.io import mask_volume_ml
 from mtilib.metrics import CaseMetrics
 from mtilib.runtime import autocast
 
@@ -112,9 +113,9 @@ def prediction_report(pred: CasePrediction, spacing, num_classes: int, phase_nam
     names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
     report: dict = {"case": pred.case_id}
     if pred.label_map is not None:
-        lesion_voxels = int((pred.label_map == LESION).sum())
-        report["lesion_found"] = lesion_voxels > 0
-        report["lesion_volume_ml"] = lesion_voxels * float(np.prod(spacing)) / 1000.0
+        lesion = pred.label_map == LESION
+        report["lesion_found"] = bool(lesion.any())
+        report["lesion_volume_ml"] = mask_volume_ml(lesion, spacing)
         report["lesion_slices"] = [int(s) for s in np.nonzero(pred.slice_lesion_area)[0]]
     if pred.class_probs is not None:
         report["class_probabilities"] = {n: float(p) for n, p in zip(names, pred.class_probs)}

@@ -15,7 +15,9 @@ from mtilib.data.io import (
     check_dataset,
     load_case,
     load_phase_images,
+    mask_volume_ml,
     read_dataset,
+    voxel_spacing,
     write_case,
 )
 from mtilib.data.phantom import PhantomConfig, generate_case
@@ -116,6 +118,19 @@ def test_float32_storage_is_exact(tmp_path):
     images, affine = load_phase_images(paths)
     np.testing.assert_array_equal(images, case.images)
     np.testing.assert_allclose(affine, case.affine, atol=1e-5)
+
+
+def test_voxel_spacing_matches_nibabel_zooms_for_an_oblique_affine():
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix() @ np.diag([0.7, 1.4, 5.0])
+    affine[:3, 3] = [-100, 20, 3]
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine)
+    np.testing.assert_allclose(voxel_spacing(affine), img.header.get_zooms(), rtol=1e-6)
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 1:4, 2] = True  # 6 voxels of 0.7 × 1.4 × 5 mm³ = 4.9 mm³
+    assert mask_volume_ml(mask, voxel_spacing(affine)) == pytest.approx(6 * 4.9 / 1000)
 
 
 def test_load_phase_images_for_prediction(built, tmp_path):
