@@ -8,10 +8,11 @@ heads on every lesion slice (region descriptors, pooled summary), and train fres
 regression and classification heads (the *generator*) against a discriminator, exactly as
 :func:`~mtilib.train.train` does: the same supervised losses, the same instance noise and label
 smoothing (``cfg.adversarial``), the same schedule of λ_adv (:func:`adversarial_weight`, with
-``steps_per_epoch`` steps making one "epoch") and the very same discriminator update
-(``discriminator_step``). A few hundred steps take seconds, so D/G dynamics and failure modes can
-be seen step by step. What the game leaves out: the adversarial gradient cannot reach the
-encoder, and the features do not change (no augmentation, no drift).
+``steps_per_epoch`` steps making one "epoch") and the very same adversarial term and
+discriminator update (``generator_adversarial_term``, ``discriminator_step``). A few hundred
+steps take seconds, so D/G dynamics and failure modes can be seen step by step. What the game
+leaves out: the adversarial gradient cannot reach the encoder, and the features do not change
+(no augmentation, no drift).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from mtilib.losses import generator_adversarial_loss
 from mtilib.models import build_discriminator
 from mtilib.train.config import TrainConfig
-from mtilib.train.loop import adversarial_weight, discriminator_step, smooth_one_hot
+from mtilib.train.loop import adversarial_weight, discriminator_step, generator_adversarial_term, smooth_one_hot
 
 #: Keys of :func:`lesion_slice_outputs` that the game needs.
 GAME_KEYS = ("descriptors", "pooled", "times", "class_id", "enhancement")
@@ -36,10 +36,8 @@ def _reset(module: torch.nn.Module) -> None:
             m.reset_parameters()
 
 
-def _heads_forward(reg_head, cls_head, rows: dict, index=None):
+def _heads_forward(reg_head, cls_head, rows: dict):
     d, p = rows["descriptors"], rows["pooled"]
-    if index is not None:
-        d, p = d[index], p[index]
     enhancement, _ = reg_head(d, p)
     return enhancement, cls_head(p, d, enhancement)
 
@@ -133,7 +131,6 @@ def _play(model, train_rows, eval_rows, cfg, steps, steps_per_epoch, batch_size,
         d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
     n = train_rows["class_id"].shape[0]
     batch_size = min(batch_size, n)
-    noise = cfg.adversarial.instance_noise
     train_g = cfg.optim.lr > 0  # learning rate 0: G stands still, skip its backward pass
     records, sums = [], {}
     for step in range(steps):
@@ -149,12 +146,8 @@ def _play(model, train_rows, eval_rows, cfg, steps, steps_per_epoch, batch_size,
             probs = torch.softmax(logits, dim=1)
         context = batch["descriptors"].flatten(1)
         if disc is not None:
-            disc.requires_grad_(False)
             with torch.set_grad_enabled(train_g and lam > 0):  # logged during warm-up too, no graph needed
-                score = disc(enhancement + noise * torch.randn_like(enhancement),
-                             probs + noise * torch.randn_like(probs), batch["times"], context)
-                parts["loss_adv"] = generator_adversarial_loss(score, cfg.adversarial.kind)
-            disc.requires_grad_(True)
+                parts["loss_adv"] = generator_adversarial_term(cfg, disc, enhancement, probs, batch["times"], context)
             if lam > 0:
                 loss = loss + lam * parts["loss_adv"]
         if train_g:

@@ -263,15 +263,8 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                 context = out.aux["descriptors"].flatten(1).float()
                 fake = (out.enhancement, fake_probs, context)
                 if lam_adv > 0 and bool(lesion.any()):
-                    disc.requires_grad_(False)
-                    noise = cfg.adversarial.instance_noise
-                    score = disc(
-                        out.enhancement[lesion] + noise * torch.randn_like(out.enhancement[lesion]),
-                        fake_probs[lesion] + noise * torch.randn_like(fake_probs[lesion]),
-                        batch["times"][lesion], context[lesion],
-                    )
-                    disc.requires_grad_(True)
-                    adv = generator_adversarial_loss(score, cfg.adversarial.kind)
+                    adv = generator_adversarial_term(cfg, disc, out.enhancement[lesion], fake_probs[lesion],
+                                                     batch["times"][lesion], context[lesion])
                     loss = loss + lam_adv * adv
                     parts["adv"] = float(adv.detach())
             optimizer.zero_grad(set_to_none=True)
@@ -360,6 +353,25 @@ def _init_from(cfg: TrainConfig, model, disc) -> None:
         load_state_dict_checked(disc, state["discriminator"], path, "discriminator")
 
 
+def _noisy_score(disc, enhancement, probs, times, context, noise: float) -> torch.Tensor:
+    """D's score of (enhancement, probs) pairs with instance noise added to both (noise drawn for
+    the enhancement first, then for the probabilities)."""
+    return disc(enhancement + noise * torch.randn_like(enhancement), probs + noise * torch.randn_like(probs),
+                times, context)
+
+
+def generator_adversarial_term(cfg: TrainConfig, disc, enhancement, probs, times, context) -> torch.Tensor:
+    """G's adversarial loss: the frozen D scores G's (ê, p) pairs with instance noise added
+    (``cfg.adversarial.instance_noise``); ``cfg.adversarial.kind`` picks the objective. The
+    gradient reaches G through ``enhancement`` and ``probs``, never D's weights."""
+    disc.requires_grad_(False)
+    try:
+        score = _noisy_score(disc, enhancement, probs, times, context, cfg.adversarial.instance_noise)
+    finally:
+        disc.requires_grad_(True)
+    return generator_adversarial_loss(score, cfg.adversarial.kind)
+
+
 def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
     """One update of D on (real, fake) pairs of the batch's lesion slices.
 
@@ -370,12 +382,9 @@ def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
     enhancement, probs, context = (t.detach()[use] for t in fake)
     times = batch["times"][use]
     noise = cfg.adversarial.instance_noise
-    real_e = batch["enhancement"][use]
     real_p = smooth_one_hot(batch["class_id"][use].clamp_min(0), probs.shape[1], cfg.adversarial.real_label_smoothing)
-    score_real = g_disc(real_e + noise * torch.randn_like(real_e), real_p + noise * torch.randn_like(real_p),
-                        times, context)
-    score_fake = g_disc(enhancement + noise * torch.randn_like(enhancement),
-                        probs + noise * torch.randn_like(probs), times, context)
+    score_real = _noisy_score(g_disc, batch["enhancement"][use], real_p, times, context, noise)
+    score_fake = _noisy_score(g_disc, enhancement, probs, times, context, noise)
     d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
     if not bool(lesion.any()):
         d_loss = d_loss * 0.0
