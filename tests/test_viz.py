@@ -21,11 +21,7 @@ from mtilib.viz import (
     show_phases,
 )
 
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def _case(p=4, h=24, w=20, s=5):

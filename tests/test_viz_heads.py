@@ -5,7 +5,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -15,11 +14,7 @@ from matplotlib.patches import Rectangle
 from mtilib.constants import CLASS_NAMES
 from mtilib.viz import overlay_grid, plot_curve_panels, plot_enhancement_scatter, plot_slice_votes
 
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def _contours(ax):
