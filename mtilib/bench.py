@@ -243,24 +243,21 @@ def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True
                                       channels_last=channels_last, repeats=repeats))
     course_step = run_isolated("train_step", arch="mtinet", width=16, batch=16, size=64, repeats=5)
     peak = run_isolated("matmul", n=2048, repeats=5)
+    def step_row(network: str, r: dict, fp32: dict) -> dict:
+        return {
+            "network": network, "precision": r["precision"] + (" + channels_last" if r["channels_last"] else ""),
+            "parameters": r["parameters"], "step (s, median)": r["median_step_s"],
+            "samples/s": r["samples_per_s"], "speed vs fp32": r["samples_per_s"] / fp32["samples_per_s"],
+            "GFLOP/s": r["achieved_gflops"], "of matmul peak": r["achieved_gflops"] / peak["gflops"],
+            "peak RSS (MB)": r["peak_rss_mb"],
+        }
+
     rows = []
     for arch in ("mtinet", "unet"):
         fp32 = next(r for r in steps if r["arch"] == arch and r["precision"] == "fp32")
         bf16 = next(r for r in steps if r["arch"] == arch and r["precision"] == "bf16")
-        for r in (fp32, bf16):
-            rows.append({
-                "network": arch, "precision": r["precision"] + (" + channels_last" if r["channels_last"] else ""),
-                "parameters": r["parameters"], "step (s, median)": r["median_step_s"],
-                "samples/s": r["samples_per_s"], "speed vs fp32": r["samples_per_s"] / fp32["samples_per_s"],
-                "GFLOP/s": r["achieved_gflops"], "of matmul peak": r["achieved_gflops"] / peak["gflops"],
-                "peak RSS (MB)": r["peak_rss_mb"],
-            })
-    rows.append({
-        "network": "mtinet (course preset: width 16, 64², batch 16)", "precision": "fp32",
-        "parameters": course_step["parameters"], "step (s, median)": course_step["median_step_s"],
-        "samples/s": course_step["samples_per_s"], "speed vs fp32": 1.0, "GFLOP/s": course_step["achieved_gflops"],
-        "of matmul peak": course_step["achieved_gflops"] / peak["gflops"], "peak RSS (MB)": course_step["peak_rss_mb"],
-    })
+        rows += [step_row(arch, fp32, fp32), step_row(arch, bf16, fp32)]
+    rows.append(step_row("mtinet (course preset: width 16, 64², batch 16)", course_step, course_step))
     sections.append((
         "Training step (forward + backward + AdamW), random data",
         "`python -m mtilib.bench --one train_step --kwargs '{\"arch\": \"mtinet\", \"width\": 32, \"batch\": 8, "
