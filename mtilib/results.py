@@ -198,7 +198,8 @@ def _comparison_table(rows: list[dict]) -> list[dict]:
             for t in table.values()]
 
 
-def format_results(rows: list[dict], command: str, timing: dict, preset_name: str, preset: ResultsPreset) -> str:
+def format_results(rows: list[dict], command: str, timing: dict, preset_name: str, preset: ResultsPreset,
+                   seeds=(0, 1, 2)) -> str:
     """The markdown of ``docs/results.md``."""
     main = results_table(rows)
     per_class = [{"network": r["network"], **{c: r["per_class_recall"][c] for c in CLASS_NAMES}}
@@ -214,10 +215,10 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         f"(`{preset.phantom_preset}` phantom preset, data seed {preset.data_seed}), {n_train} for training "
         f"(20 % of them for validation / checkpoint selection) and {preset.test_per_class * len(CLASS_NAMES)} "
         f"for test, stratified by class; width {preset.width}, {preset.image_size}² slices, "
-        f"{preset.epochs} epochs, batch {preset.batch_size}; seeds 0, 1, 2. Mean ± standard deviation over "
-        "the seeds of the per-case metrics on the test cases (Dice and HD95 of the lesion, HD95 with the "
-        "explicit empty-mask policy; enhancement MAE averaged over the three post-contrast phases; "
-        "macro one-vs-rest AUC).",
+        f"{preset.epochs} epochs, batch {preset.batch_size}; seeds {', '.join(map(str, seeds))}. "
+        "Mean ± standard deviation over the seeds of the per-case metrics on the test cases (Dice and "
+        "HD95 of the lesion, HD95 with the explicit empty-mask policy; enhancement MAE averaged over the "
+        "three post-contrast phases; macro one-vs-rest AUC).",
         "",
         markdown_table(main),
         "",
@@ -266,7 +267,7 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
               "train_seconds_total": sum(r["train_seconds"] for r in records)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(format_results(rows, command, timing, preset_name, preset))
+    out.write_text(format_results(rows, command, timing, preset_name, preset, seeds))
     out.with_suffix(".json").write_text(json.dumps(
         {"preset": preset_name, "command": command, **timing, "rows": rows, "runs": records}, indent=2))
     log(f"[results] wrote {out} and {out.with_suffix('.json')}")

@@ -23,6 +23,7 @@ def test_results_table_on_a_tiny_experiment(tmp_path):
     assert set(cls_only["per_class_recall"]) == {"hemangioma", "ICC", "abscess", "metastasis", "cyst", "FNH", "HCC"}
     text = out.read_text()
     assert "| unet |" in text and "| cls_only |" in text and "±" in text and "make results" in text
+    assert "seeds 0, 1." in text  # the seeds that ran, not the default three
     assert "Against MTI-Net" not in text  # no MTI-Net row in this subset, so no comparison section
     data = json.loads(out.with_suffix(".json").read_text())
     assert len(data["runs"]) == 4
