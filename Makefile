@@ -5,7 +5,7 @@ STAMP := $(VENV)/.mtilib-installed
 # Every target sets up what it needs: the first run creates .venv (about 2.5 minutes), later runs
 # reuse it until pyproject.toml or constraints.txt change.
 
-.PHONY: setup course test lab student bench results data-samples checkpoint lint clean
+.PHONY: setup course test lab student bench results data-samples checkpoint gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ data-samples: setup
 ## Retrain the shipped checkpoint on the course preset and evaluate it on the sample test cases.
 checkpoint: setup
 	$(BIN)/python scripts/make_checkpoint.py
+
+## On a CUDA machine: bf16 training, kill + resume, 2-process torchrun, evaluate, GPU benchmark.
+## GPU_CHECK_ARGS="--device cpu" rehearses it on a CPU.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mtilib tests notebooks scripts

@@ -140,8 +140,22 @@ def measure_phantom(preset: str = "default", repeats: int = 5, dataset_cases: in
     return result
 
 
-ONE = {"train_step": measure_train_step, "matmul": measure_matmul_peak, "inference": measure_inference,
-       "phantom": measure_phantom}
+def measure_fast_path_choice(preset: str = "course", device: str = "cpu") -> dict:
+    """What ``precision="auto"`` / ``channels_last="auto"`` choose for a preset's network, measured
+    afresh (no cache), and how long the probe took."""
+    from mtilib.train import TrainConfig
+    from mtilib.train.fastpath import choose_fast_paths
+
+    cfg = TrainConfig.preset(preset)
+    start = time.perf_counter()
+    paths = choose_fast_paths(cfg.model, torch.device(device), "auto", "auto", cfg.data.image_size,
+                              cfg.optim.batch_size, use_cache=False)
+    return {"label": paths.label, "reason": paths.reason, "measured": paths.measured,
+            "seconds": time.perf_counter() - start}
+
+
+ONE = {"train_step": measure_train_step, "fast_paths": measure_fast_path_choice, "matmul": measure_matmul_peak,
+       "inference": measure_inference, "phantom": measure_phantom}
 
 
 def run_isolated(name: str, **kwargs) -> dict:
@@ -237,11 +251,17 @@ def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True
 
     log("[bench] training steps ...")
     steps = []
+    variants = (("fp32", False, 5), ("fp32", True, 5), ("bf16", True, 3))
     for arch in ("mtinet", "unet"):
-        for precision, channels_last, repeats in (("fp32", False, 5), ("bf16", True, 3)):
+        for precision, channels_last, repeats in variants:
             steps.append(run_isolated("train_step", arch=arch, width=32, batch=8, size=96, precision=precision,
                                       channels_last=channels_last, repeats=repeats))
-    course_step = run_isolated("train_step", arch="mtinet", width=16, batch=16, size=64, repeats=5)
+    # the course preset in all four precision / memory-format combinations, and what "auto" picks
+    course_steps = [run_isolated("train_step", arch="mtinet", width=16, batch=16, size=64, precision=precision,
+                                 channels_last=channels_last, repeats=repeats)
+                    for precision, channels_last, repeats in variants + (("bf16", False, 3),)]
+    course_step = course_steps[0]
+    auto = run_isolated("fast_paths", preset="course")
     peak = run_isolated("matmul", n=2048, repeats=5)
     def step_row(network: str, r: dict, fp32: dict) -> dict:
         return {
@@ -254,17 +274,20 @@ def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True
 
     rows = []
     for arch in ("mtinet", "unet"):
-        fp32 = next(r for r in steps if r["arch"] == arch and r["precision"] == "fp32")
-        bf16 = next(r for r in steps if r["arch"] == arch and r["precision"] == "bf16")
-        rows += [step_row(arch, fp32, fp32), step_row(arch, bf16, fp32)]
-    rows.append(step_row("mtinet (course preset: width 16, 64², batch 16)", course_step, course_step))
+        mine = [r for r in steps if r["arch"] == arch]
+        rows += [step_row(arch, r, mine[0]) for r in mine]
+    rows += [step_row("mtinet (course preset: width 16, 64², batch 16)", r, course_step) for r in course_steps]
     sections.append((
         "Training step (forward + backward + AdamW), random data",
         "`python -m mtilib.bench --one train_step --kwargs '{\"arch\": \"mtinet\", \"width\": 32, \"batch\": 8, "
         "\"size\": 96, \"precision\": \"fp32\"}'` (and the other rows' arguments)",
         f"Default MTI-Net (width 32) and the early-fusion U-Net, batch 8 at 96×96 unless stated. FLOP/s counts "
         f"3 × the forward MACs × 2. The CPU's practical peak, an fp32 2048² matmul, is {peak['gflops']:.0f} GFLOP/s "
-        f"(`python -m mtilib.bench --one matmul`).",
+        f"(`python -m mtilib.bench --one matmul`). `precision: auto` / `channels_last: auto` on this machine, "
+        f"measured by its own probe for the course preset: **{auto['label']}** ({auto['reason']}; probe "
+        f"{auto['seconds']:.1f} s, batch 4, ms per step "
+        + ", ".join(f"{k} {'abandoned' if v is None else round(1000 * v)}" for k, v in auto["measured"].items())
+        + ").",
         markdown_table(rows, floatfmt=".3g"),
     ))
 
@@ -313,6 +336,17 @@ def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True
                 f"Total {total / 60:.1f} minutes.",
                 markdown_table(nb, floatfmt=".1f"),
             ))
+
+    gpu_report = REPO_ROOT / "docs" / "gpu_check.md"
+    sections.append((
+        "GPU", "`make gpu-check` (`scripts/gpu_check.py`) on a CUDA machine",
+        "bf16 training, kill + resume, 2-process `torchrun`, evaluation and the GPU benchmark: see "
+        "[gpu_check.md](gpu_check.md)." if gpu_report.exists() else
+        "**Not run on a GPU yet**: no CUDA machine has been available to the project. The script has "
+        "been rehearsed on a CPU (`make gpu-check GPU_CHECK_ARGS=\"--device cpu\"`); its GPU figures "
+        "(bf16 speed, host syncs per step, resume on CUDA, two ranks on one GPU) are still to be measured.",
+        "",
+    ))
 
     lines = ["# Benchmarks", "", f"Written by `make bench` (`mtilib bench`) on {time.strftime('%Y-%m-%d')} in "
              f"{(time.perf_counter() - started) / 60:.0f} minutes. Machine: {machine_line()}.", "",

@@ -10,15 +10,31 @@ from mtilib import __version__
 
 
 def _cmd_info(args) -> int:
-    from mtilib.runtime import format_info, info
+    from mtilib.runtime import format_info, info, select_device
+    from mtilib.train import TrainConfig
+    from mtilib.train.fastpath import choose_fast_paths, fast_paths_report
 
     data = info()
+    # What precision="auto" / channels_last="auto" choose here, measured on the course preset's
+    # MTI-Net (a few seconds the first time, then cached).
+    cfg = TrainConfig.preset(args.preset)
+    paths = choose_fast_paths(cfg.model, select_device("auto"), "auto", "auto", cfg.data.image_size,
+                              cfg.optim.batch_size, use_cache=not args.remeasure)
+    data["fast_paths"] = {"network": f"{args.preset} preset MTI-Net", **fast_paths_report(paths)}
     print(json.dumps(data, indent=2) if args.json else format_info(data))
     return 0
 
 
+def _inference_fast_paths(cfg, device):
+    """Precision and memory format for inference with a checkpoint's config (``auto`` measured)."""
+    from mtilib.train.fastpath import choose_fast_paths
+
+    return choose_fast_paths(cfg.model, device, cfg.precision, cfg.channels_last, cfg.data.image_size,
+                             cfg.optim.batch_size)
+
+
 def _cmd_course(args) -> int:
-    from mtilib.course import DEFAULT_OUT, run_course, summary_table
+    from mtilib.course import DEFAULT_OUT, HANG_AFTER_S, LIMIT_FACTOR, run_course, summary_table
 
     results = run_course(
         quick=args.quick,
@@ -28,6 +44,8 @@ def _cmd_course(args) -> int:
         device=args.device,
         cell_timeout=args.cell_timeout,
         fail_fast=args.fail_fast,
+        limit_factor=args.limit_factor or LIMIT_FACTOR,
+        hang_after_s=args.hang_after or HANG_AFTER_S,
     )
     print()
     print(summary_table(results))
@@ -144,7 +162,7 @@ def _cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from mtilib.metrics import headline_metrics
-    from mtilib.runtime import resolve_precision, select_device
+    from mtilib.runtime import select_device
     from mtilib.train import evaluate_cases, load_model, load_volumes
 
     device = select_device(args.device)
@@ -153,8 +171,9 @@ def _cmd_evaluate(args) -> int:
     if not volumes:
         print(f"mtilib evaluate: no '{args.split}' cases in {args.data}", file=sys.stderr)
         return 1
-    metrics, _ = evaluate_cases(model, volumes, cfg.data.image_size, device,
-                                resolve_precision(cfg.precision, device))
+    fast = _inference_fast_paths(cfg, device)
+    metrics, _ = evaluate_cases(model, volumes, cfg.data.image_size, device, fast.precision,
+                                channels_last=fast.channels_last)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -178,7 +197,7 @@ def _cmd_predict(args) -> int:
     from mtilib.constants import DEFAULT_PHASE_TIMES_S, LESION
     from mtilib.data.dataset import CaseVolume
     from mtilib.data.io import load_phase_images, voxel_spacing, write_label_volume
-    from mtilib.runtime import resolve_precision, select_device
+    from mtilib.runtime import select_device
     from mtilib.train import load_model, predict_case
     from mtilib.train.inference import prediction_report
 
@@ -195,7 +214,9 @@ def _cmd_predict(args) -> int:
     images, affine = load_phase_images(args.images)
     spacing = voxel_spacing(affine)
     volume = CaseVolume.from_arrays(Path(args.images[0]).name.split(".")[0], images, times, spacing)
-    pred = predict_case(model, volume, cfg.data.image_size, device, resolve_precision(cfg.precision, device))
+    fast = _inference_fast_paths(cfg, device)
+    pred = predict_case(model, volume, cfg.data.image_size, device, fast.precision,
+                        channels_last=fast.channels_last)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_label_volume(out / "lesion_mask.nii.gz", pred.label_map == LESION, affine)
@@ -254,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, device, threads and fast paths of this machine")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--preset", default="course", choices=["quick", "course", "paper"],
+                   help="the network whose fast paths are measured (default: course)")
+    p.add_argument("--remeasure", action="store_true", help="measure again instead of using the cache")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("course", help="execute the course notebooks with papermill and summarise them")
@@ -264,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--cell-timeout", type=int, default=900, help="seconds allowed per cell")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    p.add_argument("--limit-factor", type=float, default=None,
+                   help="hard wall-clock limit per notebook, in multiples of its budget (default 5)")
+    p.add_argument("--hang-after", type=float, default=None,
+                   help="seconds without CPU use after which a kernel counts as hung (default 180)")
     p.set_defaults(func=_cmd_course)
 
     p = sub.add_parser(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,15 +26,37 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NB_NAME = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 
 
+#: Seconds a notebook should take on a 2-core CPU when nothing says otherwise (its metadata
+#: ``mtilib.budget_s`` does: about twice its measured time, see docs/benchmarks.md).
+DEFAULT_BUDGET_S = {"quick": 120.0, "full": 300.0}
+#: The hard wall-clock limit of a notebook is this many times its budget.
+LIMIT_FACTOR = 5.0
+#: A kernel (and its client) that used no CPU for this long while a cell was running has stopped
+#: answering: a lost message leaves both waiting for each other forever.
+HANG_AFTER_S = 180.0
+
+
 @dataclass
 class NotebookResult:
-    """Outcome of one executed notebook."""
+    """Outcome of one executed notebook.
+
+    ``status``: ``"ok"``; ``"failed"`` (a cell raised, or no metrics.json); ``"hung"`` (the kernel
+    died or stopped answering, on the retry too); ``"timeout"`` (still computing at the wall-clock
+    limit). ``attempts``: 2 when a hung or dead kernel was retried. ``budget_s``: what it should
+    take; the summary marks a notebook that took longer.
+    """
 
     notebook: str
-    status: str  # "ok" or "failed"
+    status: str
     seconds: float
     metrics: dict = field(default_factory=dict)
     error: str = ""
+    budget_s: float | None = None
+    attempts: int = 1
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and self.seconds > self.budget_s
 
 
 def write_metrics(out_dir: str | Path, **metrics) -> Path:
@@ -88,6 +111,17 @@ def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+def notebook_budget(path: Path, quick: bool) -> float:
+    """Seconds notebook ``path`` should take in QUICK or full mode: its metadata
+    ``{"mtilib": {"budget_s": {"quick": s, "full": s}}}``, else :data:`DEFAULT_BUDGET_S`."""
+    mode = "quick" if quick else "full"
+    try:
+        meta = json.loads(path.read_text()).get("metadata", {})
+        return float(meta["mtilib"]["budget_s"][mode])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_BUDGET_S[mode]
+
+
 def run_notebook(
     path: Path,
     out_root: Path,
@@ -98,17 +132,23 @@ def run_notebook(
     cell_timeout: int = 900,
     extra_parameters: dict | None = None,
     progress: bool = False,
+    limit_s: float | None = None,
+    hang_after_s: float = HANG_AFTER_S,
+    retries: int = 1,
+    echo=None,
 ) -> NotebookResult:
-    """Execute one notebook; never raises for a notebook error, returns a failed result instead."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    """Execute one notebook; never raises for a notebook error, returns a failed result instead.
 
-    stem = path.stem
-    out_dir = (out_root / stem).resolve()
+    The notebook runs in a separate process (papermill and its kernel), watched from here:
+    ``limit_s`` (default :data:`LIMIT_FACTOR` × its budget) is a hard wall-clock limit; a kernel
+    that dies, or that stops answering (the process tree used no CPU for ``hang_after_s`` seconds),
+    is killed and the notebook run again, up to ``retries`` times. A cell that raised is never
+    retried: it would raise again.
+    """
+    budget = notebook_budget(path, quick)
+    limit = float(limit_s) if limit_s is not None else LIMIT_FACTOR * budget
+    out_dir = (out_root / path.stem).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / "metrics.json"
-    if metrics_path.exists():
-        metrics_path.unlink()  # never report a stale result from an earlier run
     params = {
         "QUICK": bool(quick),
         "SEED": int(seed),
@@ -117,48 +157,176 @@ def run_notebook(
         "OUT_DIR": str(out_dir),
     }
     params.update(extra_parameters or {})
-    stderr_path = out_dir / "stderr.txt"
+    request = {"path": str(path), "output": str(out_root / path.name), "out_dir": str(out_dir),
+               "parameters": params, "cell_timeout": cell_timeout, "progress": progress}
+    total = 0.0
+    attempt = 0
+    while True:
+        attempt += 1
+        status, error, seconds = _attempt(request, limit, hang_after_s)
+        total += seconds
+        if status == "hung" and attempt <= retries:
+            if echo:
+                echo(f"[course] {path.name}: {error.splitlines()[0]}; running it again")
+            continue
+        break
+    metrics: dict = {}
+    metrics_path = out_dir / "metrics.json"
+    if status == "ok":
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+        else:
+            status = "failed"
+            error = f"{path.name}: ran but wrote no metrics.json to OUT_DIR ({out_dir})"
+    if attempt > 1:
+        error = (error + "\n" if error else "") + f"(run {attempt} times: the kernel hung or died before)"
+    return NotebookResult(path.name, status, total, metrics, error, budget, attempt)
+
+
+def _attempt(request: dict, limit: float, hang_after_s: float) -> tuple[str, str, float]:
+    """Run one notebook once in a worker process; ``-> (status, error, seconds)``."""
+    import psutil
+
+    out_dir = Path(request["out_dir"])
+    name = Path(request["path"]).name
+    for stale in ("metrics.json", "_result.json", "_progress.json"):
+        (out_dir / stale).unlink(missing_ok=True)  # never report a result of an earlier run
+    request_path = out_dir / "_request.json"
+    request_path.write_text(json.dumps(request))
     start = time.perf_counter()
-    error = ""
+    with open(out_dir / "runner.log", "w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "mtilib.course", "--worker", str(request_path)],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    watch = psutil.Process(worker.pid)
+    cpu_seen: dict[int, float] = {}
+    idle_since = time.perf_counter()
+    verdict = None
+    while worker.poll() is None:
+        time.sleep(min(0.5, hang_after_s / 6))
+        now = time.perf_counter()
+        if _tree_cpu_advanced(watch, cpu_seen, threshold=0.01 * hang_after_s):
+            idle_since = now
+        cell = _progress_cell(out_dir)
+        if now - start > limit:
+            busy = now - idle_since < min(hang_after_s, 30.0)
+            verdict = ("timeout" if busy else "hung",
+                       f"{name}: passed its wall-clock limit of {limit:.0f} s"
+                       + (f" in cell {cell}" if cell is not None else "")
+                       + ("; it was still computing" if busy else "; the kernel was idle"))
+        elif now - idle_since > hang_after_s:
+            verdict = ("hung", f"{name}: the kernel stopped answering"
+                       + (f" in cell {cell}" if cell is not None else "")
+                       + f" (no CPU used for {hang_after_s:.0f} s by the kernel or its client)")
+        if verdict:
+            _kill_tree(watch)
+            worker.wait()
+            break
+    seconds = time.perf_counter() - start
+    request_path.unlink(missing_ok=True)
+    (out_dir / "_progress.json").unlink(missing_ok=True)
+    if verdict:
+        return verdict[0], verdict[1], seconds
+    result_path = out_dir / "_result.json"
+    if not result_path.exists():
+        tail = (out_dir / "runner.log").read_text()[-2000:].strip()
+        return "hung", f"{name}: the runner process ended with code {worker.returncode} and no result\n{tail}", seconds
+    result = json.loads(result_path.read_text())
+    result_path.unlink()
+    if result["status"] == "ok" and not (out_dir / "runner.log").read_text().strip():
+        (out_dir / "runner.log").unlink()
+    return result["status"], result.get("error", ""), seconds
+
+
+def _tree_cpu_advanced(proc, seen: dict[int, float], threshold: float) -> bool:
+    """Whether ``proc`` and its descendants used more than ``threshold`` CPU seconds since the last
+    call (``seen`` keeps each process's last reading)."""
+    import psutil
+
+    advanced = 0.0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return False
+    for p in procs:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        used = times.user + times.system
+        before = seen.get(p.pid)
+        advanced += used - before if before is not None else used
+        seen[p.pid] = used
+    return advanced > threshold
+
+
+def _kill_tree(proc) -> None:
+    """Kill a process and every descendant (the kernel runs in a session of its own)."""
+    import psutil
+
+    try:
+        procs = proc.children(recursive=True) + [proc]
+    except psutil.Error:
+        procs = [proc]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _progress_cell(out_dir: Path) -> int | None:
+    try:
+        return json.loads((out_dir / "_progress.json").read_text())["cell"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _worker(request_path: str) -> int:
+    """The worker process: execute one notebook with papermill, write ``_result.json``."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    request = json.loads(Path(request_path).read_text())
+    out_dir = Path(request["out_dir"])
+    path = Path(request["path"])
+    progress_path = out_dir / "_progress.json"
+
+    def on_cell_start(cell, cell_index):
+        progress_path.write_text(json.dumps({"cell": cell_index}))
+
+    stderr_path = out_dir / "stderr.txt"
+    result: dict = {"status": "ok"}
     try:
         with open(stderr_path, "w") as stderr_file:
             pm.execute_notebook(
-                str(path),
-                str(out_root / path.name),
-                parameters=params,
-                kernel_name=ensure_kernel(),
-                cwd=str(path.parent),
-                progress_bar=progress,
-                stderr_file=stderr_file,
-                execution_timeout=cell_timeout,
-                request_save_on_cell_execute=False,
+                str(path), request["output"], parameters=request["parameters"],
+                kernel_name=ensure_kernel(), cwd=str(path.parent), progress_bar=request["progress"],
+                stderr_file=stderr_file, execution_timeout=request["cell_timeout"],
+                request_save_on_cell_execute=False, on_cell_start=on_cell_start,
             )
-        status = "ok"
     except PapermillExecutionError as exc:
-        status = "failed"
         # papermill counts the injected-parameters cell too; report the source-notebook cell.
-        error = (
+        result = {"status": "failed", "error": (
             f"{path.name}: cell {exc.cell_index} (execution count {exc.exec_count}) raised "
-            f"{exc.ename}: {_strip_ansi(str(exc.evalue))}\n"
-            + _strip_ansi("\n".join(exc.traceback))
-        )
-    except Exception as exc:  # kernel death, timeout, bad notebook JSON: still name the notebook
-        status = "failed"
-        error = f"{path.name}: {type(exc).__name__}: {_strip_ansi(str(exc))}"
-    seconds = time.perf_counter() - start
-    if status == "ok" and stderr_path.exists() and stderr_path.stat().st_size == 0:
-        stderr_path.unlink()
-    elif status == "failed" and stderr_path.exists():
-        tail = stderr_path.read_text()[-2000:].strip()
-        if tail:
-            error += f"\n--- stderr (last 2000 characters) ---\n{tail}"
-    metrics: dict = {}
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-    elif status == "ok":
-        status = "failed"
-        error = f"{path.name}: ran but wrote no metrics.json to OUT_DIR ({out_dir})"
-    return NotebookResult(path.name, status, seconds, metrics, error)
+            f"{exc.ename}: {_strip_ansi(str(exc.evalue))}\n" + _strip_ansi("\n".join(exc.traceback)))}
+    except DeadKernelError as exc:
+        result = {"status": "hung", "error": f"{path.name}: the kernel died ({_strip_ansi(str(exc))[:300]})"}
+    except CellTimeoutError as exc:
+        result = {"status": "timeout", "error": f"{path.name}: a cell ran past --cell-timeout "
+                                                f"({_strip_ansi(str(exc))[:300]})"}
+    except Exception as exc:  # bad notebook JSON, kernel that never started: still name the notebook
+        result = {"status": "failed", "error": f"{path.name}: {type(exc).__name__}: {_strip_ansi(str(exc))}"}
+    if stderr_path.exists():
+        if result["status"] == "ok" and stderr_path.stat().st_size == 0:
+            stderr_path.unlink()
+        elif result["status"] != "ok":
+            tail = stderr_path.read_text()[-2000:].strip()
+            if tail:
+                result["error"] += f"\n--- stderr (last 2000 characters) ---\n{tail}"
+    (out_dir / "_result.json").write_text(json.dumps(result))
+    return 0
 
 
 def _format_metrics(metrics: dict, limit: int = 4) -> str:
@@ -172,17 +340,21 @@ def _format_metrics(metrics: dict, limit: int = 4) -> str:
 
 
 def summary_table(results: list[NotebookResult]) -> str:
-    """A plain-text table: notebook, status, seconds, key metrics."""
-    rows = [("notebook", "status", "seconds", "key metrics")]
-    rows += [(r.notebook, r.status, f"{r.seconds:.1f}", _format_metrics(r.metrics)) for r in results]
+    """A plain-text table: notebook, status, seconds, budget (``OVER`` past it), key metrics."""
+    rows = [("notebook", "status", "seconds", "budget", "key metrics")]
+    for r in results:
+        status = r.status + (" (retried)" if r.attempts > 1 else "")
+        budget = "" if r.budget_s is None else f"{r.budget_s:.0f}" + (" OVER" if r.over_budget else "")
+        rows.append((r.notebook, status, f"{r.seconds:.1f}", budget, _format_metrics(r.metrics)))
+    over = sum(r.over_budget for r in results)
     rows.append(("total", f"{sum(r.status == 'ok' for r in results)}/{len(results)} ok",
-                 f"{sum(r.seconds for r in results):.1f}", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+                 f"{sum(r.seconds for r in results):.1f}", f"{over} over" if over else "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for i, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:3])) + "  " + row[3])
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:4])) + "  " + row[4])
         if i == 0 or i == len(rows) - 2:
-            lines.append("-" * (sum(widths) + 6 + 11))
+            lines.append("-" * (sum(widths) + 8 + 11))
     return "\n".join(lines)
 
 
@@ -197,6 +369,8 @@ def run_course(
     cell_timeout: int = 900,
     fail_fast: bool = False,
     echo=print,
+    limit_factor: float = LIMIT_FACTOR,
+    hang_after_s: float = HANG_AFTER_S,
 ) -> list[NotebookResult]:
     """Execute the notebooks in order, echo progress and failures, write ``summary.json``."""
     out_root = Path(out).resolve()
@@ -207,14 +381,23 @@ def run_course(
     results = []
     for book in books:
         echo(f"[course] {book.name} ({'quick' if quick else 'full'}) ...")
-        result = run_notebook(book, out_root, quick, seed, device, Path(data_dir), cell_timeout)
+        limit = limit_factor * notebook_budget(book, quick)
+        result = run_notebook(book, out_root, quick, seed, device, Path(data_dir), cell_timeout,
+                              limit_s=limit, hang_after_s=hang_after_s, echo=echo)
         results.append(result)
-        echo(f"[course] {book.name}: {result.status} in {result.seconds:.1f} s")
+        late = f" (budget {result.budget_s:.0f} s: OVER)" if result.over_budget else ""
+        echo(f"[course] {book.name}: {result.status} in {result.seconds:.1f} s{late}")
         if result.error:
             echo(result.error)
         if result.status != "ok" and fail_fast:
             break
     (out_root / "summary.json").write_text(
-        json.dumps([r.__dict__ for r in results], indent=2, default=str)
+        json.dumps([{**r.__dict__, "over_budget": r.over_budget} for r in results], indent=2, default=str)
     )
     return results
+
+
+if __name__ == "__main__":  # the worker process of run_notebook
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        sys.exit(_worker(sys.argv[2]))
+    sys.exit("usage: python -m mtilib.course --worker REQUEST.json (internal; use `mtilib course`)")

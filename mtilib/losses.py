@@ -71,20 +71,32 @@ def binary_dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float 
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float = 0.1):
-    """SmoothL1 averaged over the samples where ``mask`` is true; 0 (graph kept) when none are."""
-    if not bool(mask.any()):
-        return _zero(pred)
-    return F.smooth_l1_loss(pred[mask].float(), target[mask].float(), beta=beta)
+    """SmoothL1 averaged over the samples where ``mask`` is true; 0 (graph kept) when none are.
+
+    ``pred, target (B, D)``, ``mask (B,)`` bool. Equal to ``smooth_l1_loss(pred[mask], target[mask])``
+    but computed with the mask as weights: no boolean indexing, so no device-to-host sync on a GPU.
+    """
+    weight = mask.to(torch.float32)
+    target = torch.where(mask[:, None], target.float(), pred.detach().float())  # masked-out rows: loss 0
+    per_sample = F.smooth_l1_loss(pred.float(), target, beta=beta, reduction="none").mean(-1)
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                          class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0):
     """Cross-entropy over the samples where ``mask`` is true, with optional class weights and label
-    smoothing; 0 (graph kept) when none are."""
-    if not bool(mask.any()):
-        return _zero(logits)
-    return F.cross_entropy(logits[mask].float(), target[mask].long(), weight=class_weights,
-                           label_smoothing=label_smoothing)
+    smoothing; 0 (graph kept) when none are.
+
+    ``logits (B, C)``, ``target (B,)`` (any value where masked out, e.g. −1), ``mask (B,)`` bool.
+    Equal to PyTorch's weighted mean over ``logits[mask]`` (sum of per-sample losses over the sum of
+    the targets' class weights), computed without boolean indexing (no host sync on a GPU).
+    """
+    weight = mask.to(torch.float32)
+    safe_target = torch.where(mask, target.long(), torch.zeros_like(target, dtype=torch.long))
+    per_sample = F.cross_entropy(logits.float(), safe_target, weight=class_weights, reduction="none",
+                                 label_smoothing=label_smoothing)
+    denominator = weight if class_weights is None else weight * class_weights[safe_target]
+    return (per_sample * weight).sum() / denominator.sum().clamp_min(1e-12)
 
 
 def pixel_enhancement(images: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -165,7 +177,7 @@ def multitask_loss(out, batch: dict, weights: LossWeights, class_weights: torch.
     """The supervised part of the total loss (no adversarial term; the trainer adds it).
 
     ``out``: an :class:`~mtilib.models.MTIOutput`; tasks it lacks contribute nothing.
-    Returns ``(total, parts)`` with ``parts`` as detached floats for logging.
+    Returns ``(total, parts)`` with ``parts`` as detached 0-d tensors for logging.
     """
     lesion_slices = batch["has_lesion"].bool()
     parts: dict[str, torch.Tensor] = {}
@@ -191,4 +203,5 @@ def multitask_loss(out, batch: dict, weights: LossWeights, class_weights: torch.
         )
         parts["tim"] = weights.tim * (first + second)
     total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    # Detached tensors, not floats: the trainer sums them on the device and reads them at log points.
+    return total, {k: v.detach() for k, v in parts.items()}

@@ -55,39 +55,28 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def bf16_helps(device: torch.device) -> bool:
-    """Whether bf16 autocast is expected to speed training up on ``device``.
-
-    On CPUs without native bf16 (AVX2-only machines such as our 2-core CI box) oneDNN emulates
-    bf16 and a conv net runs about 10x *slower* (measured in docs/benchmarks.md), so the
-    ``auto`` policy keeps fp32 there.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_has_native_bf16()
-    return False
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Map ``"auto" | "bf16" | "fp32"`` to the precision actually used on ``device``."""
-    precision = precision.lower()
+    """Check an explicit ``"bf16" | "fp32"`` for ``device``; ``"auto"`` is decided by measurement
+    (:func:`mtilib.train.fastpath.choose_fast_paths`), and is returned unchanged here."""
+    precision = str(precision).lower()
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
-    if precision == "auto":
-        return "bf16" if bf16_helps(device) else "fp32"
     if precision == "bf16" and device.type == "mps":
         raise ValueError("bf16 autocast is not supported on MPS; use 'fp32' or 'auto'")
     return precision
 
 
-def resolve_channels_last(channels_last: str | bool, device: torch.device) -> bool:
-    """``"auto"`` uses channels_last where convolutions profit: CUDA, or CPUs with native bf16."""
+def resolve_channels_last(channels_last: str | bool, device: torch.device) -> bool | str:
+    """Check a ``channels_last`` setting: ``True``/``False`` pass through, ``"auto"`` is returned
+    unchanged (decided by measurement, see :func:`mtilib.train.fastpath.choose_fast_paths`)."""
     if isinstance(channels_last, bool):
         return channels_last
-    if str(channels_last).lower() != "auto":
+    text = str(channels_last).strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    if text != "auto":
         raise ValueError(f"channels_last must be true, false or 'auto', not {channels_last!r}")
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return "auto"
 
 
 def autocast(device: torch.device, precision: str):
@@ -108,6 +97,55 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def rng_state(device: torch.device) -> dict:
+    """This process's torch random states as CPU byte tensors: ``{"torch", "cuda"}`` (cuda None off GPU)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None}
+
+
+def gather_rng_states(world: int, device: torch.device) -> dict:
+    """Every rank's :func:`rng_state`, gathered (a collective: all ranks must call it).
+
+    Returns ``{"per_rank": [state of rank 0, rank 1, ...]}`` for a checkpoint, so that on resume
+    each rank continues its own random stream.
+    """
+    local = rng_state(device)
+    if world <= 1:
+        return {"per_rank": [local]}
+    import torch.distributed as dist
+
+    states: list = [None] * world
+    dist.all_gather_object(states, local)
+    return {"per_rank": [{k: (v.cpu() if v is not None else None) for k, v in st.items()} for st in states]}
+
+
+def restore_rng_states(saved: dict, rank: int, world: int, device: torch.device) -> bool:
+    """Restore this rank's random states from a checkpoint's ``rng`` entry; False if they do not fit.
+
+    ``torch.set_rng_state`` and ``torch.cuda.set_rng_state`` take CPU byte tensors only, so states
+    are moved to the CPU first, wherever the checkpoint was loaded. Checkpoints written before
+    per-rank states (``{"torch", "cuda": [per device]}``) restore in a single process. A checkpoint
+    of another number of processes returns False (the caller reseeds).
+    """
+    if "per_rank" in saved:
+        states = saved["per_rank"]
+        if len(states) != world:
+            return False
+        own = states[rank]
+        cuda = own.get("cuda")
+    else:
+        if world != 1:
+            return False
+        own = saved
+        cuda = saved.get("cuda")
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[device.index or 0] if device.type == "cuda" and len(cuda) > (device.index or 0) else None
+    torch.set_rng_state(own["torch"].cpu())
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+    return True
+
+
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -125,7 +163,8 @@ def versions() -> dict[str, str | None]:
 
 
 def info() -> dict[str, object]:
-    """What ``mtilib info`` prints: versions, device found, threads, fast-path availability."""
+    """What ``mtilib info`` prints: versions, device found, threads, CPU capability. The measured
+    fast-path choice is added by the command line (it needs a model: :mod:`mtilib.train.fastpath`)."""
     device = select_device("auto")
     result: dict[str, object] = {
         "versions": versions(),
@@ -138,11 +177,7 @@ def info() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "bf16_autocast_usable": True,  # autocast runs everywhere; whether it helps is below
-        "bf16_helps": bf16_helps(device),
-        "channels_last_helps": resolve_channels_last("auto", device),
-        "precision_auto": resolve_precision("auto", device),
+        "cpu_native_bf16": cpu_has_native_bf16(),  # a fact of the CPU; whether bf16 helps is measured
     }
     return result
 
@@ -155,6 +190,10 @@ def format_info(data: dict[str, object]) -> str:
             lines.append("versions:")
             for name, ver in value.items():  # type: ignore[union-attr]
                 lines.append(f"  {name:<14} {ver if ver is not None else 'not installed'}")
+        elif isinstance(value, dict):
+            lines.append(f"{key}:")
+            for name, item in value.items():
+                lines.append(f"  {name + ':':<20} {item}")
         else:
             lines.append(f"{key + ':':<22} {value}")
     return "\n".join(lines)

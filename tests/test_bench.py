@@ -9,6 +9,13 @@ def test_train_step_measurement_in_a_fresh_process():
     assert result["parameters"] > 0 and result["train_gflop_per_step"] > 0 and result["peak_rss_mb"] > 50
 
 
+def test_fast_path_choice_is_measured_in_a_fresh_process():
+    result = run_isolated("fast_paths", preset="quick")
+    assert result["label"] in ("fp32", "fp32+channels_last", "bf16", "bf16+channels_last")
+    assert result["measured"]["fp32"] > 0 and "measured" in result["reason"]
+    assert 0 < result["seconds"] < 60
+
+
 def test_phantom_measurement():
     result = measure_phantom(preset="quick", repeats=1, dataset_cases=2, dataset_preset="quick")
     assert result["median_case_s"] > 0 and result["dataset_s"] > 0 and result["dataset_cases"] == 2

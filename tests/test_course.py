@@ -58,4 +58,82 @@ def test_cli_version_and_info(capsys):
     assert "mtilib 0.1.0" in capsys.readouterr().out
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "device:" in out and "bf16_helps" in out
+    assert "torch" in out and "device:" in out and "cpu_native_bf16" in out
+    # the measured choice of precision="auto" / channels_last="auto", with the figures behind it
+    assert "fast_paths:" in out and "ms_per_step:" in out and "'fp32':" in out
+    assert any(line.split() in (["precision:", "fp32"], ["precision:", "bf16"]) for line in out.splitlines())
+
+
+def _book(path, code_cells, budget_s=None):
+    cells = [new_markdown_cell("# test"), _params_cell()] + [new_code_cell(c) for c in code_cells]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    if budget_s is not None:
+        nb.metadata["mtilib"] = {"budget_s": {"quick": budget_s, "full": 10 * budget_s}}
+    nbformat.write(nb, path)
+    return path
+
+
+WRITE = "from mtilib.course import write_metrics\nwrite_metrics(OUT_DIR, done=True)"
+
+
+def test_a_kernel_that_stops_answering_is_detected_and_retried_once(tmp_path):
+    """An idle kernel with a cell still running is what a lost message looks like."""
+    from mtilib.course import run_notebook
+
+    book = _book(tmp_path / "01_sleeps.ipynb", ["import time\ntime.sleep(120)", WRITE])
+    messages = []
+    result = run_notebook(book, tmp_path / "out", quick=True, hang_after_s=3, limit_s=60, echo=messages.append)
+    assert result.status == "hung" and result.attempts == 2
+    assert "stopped answering in cell" in result.error and "no CPU used for 3 s" in result.error
+    assert result.seconds < 40  # detected after seconds, not after the cell's 120 s
+    assert len(messages) == 1 and "running it again" in messages[0]
+
+
+def test_a_kernel_that_dies_once_is_retried_and_then_passes(tmp_path):
+    from mtilib.course import run_notebook
+
+    marker = tmp_path / "died-once"
+    kill_once = (f"import os, pathlib, signal\nmarker = pathlib.Path({str(marker)!r})\n"
+                 "if not marker.exists():\n    marker.touch()\n    os.kill(os.getpid(), signal.SIGKILL)")
+    book = _book(tmp_path / "01_dies_once.ipynb", [kill_once, WRITE])
+    result = run_notebook(book, tmp_path / "out", quick=True, hang_after_s=30, limit_s=120)
+    assert result.status == "ok" and result.attempts == 2, result.error
+    assert result.metrics == {"done": True}
+    assert "(retried)" in summary_table([result])
+
+    always = _book(tmp_path / "02_dies.ipynb", ["import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", WRITE])
+    result = run_notebook(always, tmp_path / "out", quick=True, hang_after_s=30, limit_s=120)
+    assert result.status == "hung" and result.attempts == 2
+    assert "kernel died" in result.error
+
+
+def test_a_raising_cell_is_not_retried_and_a_busy_notebook_meets_its_wall_clock_limit(tmp_path):
+    from mtilib.course import run_notebook
+
+    raising = _book(tmp_path / "01_raises.ipynb", ["raise RuntimeError('wrong answer')", WRITE])
+    result = run_notebook(raising, tmp_path / "out", quick=True, hang_after_s=30, limit_s=120)
+    assert result.status == "failed" and result.attempts == 1 and "wrong answer" in result.error
+
+    busy = _book(tmp_path / "02_busy.ipynb", ["while True:\n    sum(range(10_000))", WRITE])
+    result = run_notebook(busy, tmp_path / "out", quick=True, hang_after_s=30, limit_s=8)
+    assert result.status == "timeout" and result.attempts == 1
+    assert "wall-clock limit of 8 s" in result.error and "still computing" in result.error
+    assert result.seconds < 30
+
+
+def test_the_summary_marks_notebooks_over_their_budget(tmp_path):
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _book(books / "01_slow.ipynb", ["import time\nt = time.time()\nwhile time.time() - t < 4: pass", WRITE],
+          budget_s=3)  # kernel start + 4 s > 3 s budget, < 5 x 3 s limit
+    _book(books / "02_fast.ipynb", [WRITE], budget_s=100)
+    messages = []
+    results = run_course(quick=True, out=tmp_path / "out", notebook_dir=books, echo=messages.append)
+    slow, fast = results
+    assert slow.status == fast.status == "ok"
+    assert slow.over_budget and not fast.over_budget
+    assert slow.budget_s == 3 and fast.budget_s == 100
+    table = summary_table(results)
+    assert "3 OVER" in table and "100 OVER" not in table and "1 over" in table
+    assert any("OVER" in m and "01_slow" in m for m in messages)

@@ -29,10 +29,32 @@ class ConvNormAct(nn.Sequential):
         )
 
 
+class SubsampledConv1x1(nn.Conv2d):
+    """A 1×1 convolution with stride ``s``, computed as "keep every s-th pixel, then a stride-1 1×1".
+
+    ``(B, cin, H, W) -> (B, cout, ceil(H/s), ceil(W/s))``. Same weights (``weight (cout, cin, 1, 1)``)
+    and the same function as ``nn.Conv2d(cin, cout, 1, stride=s)``, so checkpoints of either load
+    into the other. Why not the strided conv itself: oneDNN's backward-weights kernel for a *strided*
+    1×1 convolution in channels_last with few input channels writes out of bounds on AVX-512 CPUs
+    (a crash) and returns wrong weight gradients on AVX2 (oneDNN issue #6035). The subsampling is
+    a view, and a stride-1 1×1 convolution is a plain matrix product that every backend does right.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, bias: bool = False):
+        super().__init__(cin, cout, 1, stride=1, bias=bias)
+        self.subsample = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subsample > 1:
+            x = x[..., :: self.subsample, :: self.subsample]
+        return super().forward(x)
+
+
 class ResBlock(nn.Module):
     """Residual block: two 3×3 convolutions, a 1×1 projection on the skip when shapes change.
 
-    ``(B, cin, H, W) -> (B, cout, H/stride, W/stride)``.
+    ``(B, cin, H, W) -> (B, cout, H/stride, W/stride)``. The projection subsamples and then
+    applies a stride-1 1×1 convolution (:class:`SubsampledConv1x1`), never a strided 1×1 kernel.
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -45,7 +67,7 @@ class ResBlock(nn.Module):
             nn.Identity()
             if cin == cout and stride == 1
             else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(group_count(cout), cout)
+                SubsampledConv1x1(cin, cout, stride), nn.GroupNorm(group_count(cout), cout)
             )
         )
         self.act = nn.SiLU(inplace=True)

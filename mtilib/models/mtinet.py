@@ -197,7 +197,12 @@ class MTINet(nn.Module):
             self.seg_head = SegmentationHead(w1, c.num_labels)
             if c.tim:
                 self.prelim_head = nn.Conv2d(w1, 1, 1)
-        self.tim = TaskInteraction([w1, w2], c.descriptor_dim, c.head_hidden, w1, enabled=c.tim)
+        # Region descriptors feed the regression and classification heads (and the TDD); a
+        # segmentation-only network has no use for them, and parameters without a gradient
+        # would stall DistributedDataParallel.
+        self.needs_descriptors = bool({"reg", "cls"} & set(c.tasks))
+        if self.needs_descriptors:
+            self.tim = TaskInteraction([w1, w2], c.descriptor_dim, c.head_hidden, w1, enabled=c.tim)
         if "reg" in c.tasks:
             self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout)
         if "cls" in c.tasks:
@@ -231,9 +236,11 @@ class MTINet(nn.Module):
                 aux["prelim_logits"] = self.prelim_head(dec).float()
                 mask = torch.sigmoid(aux["prelim_logits"])
 
-        descriptors, measured = self.tim.describe(x, feats[:2], mask)
-        aux["descriptors"] = descriptors
-        aux["measured_enhancement"] = measured
+        descriptors = None
+        if self.needs_descriptors:
+            descriptors, measured = self.tim.describe(x, feats[:2], mask)
+            aux["descriptors"] = descriptors
+            aux["measured_enhancement"] = measured
 
         enhancement = embedding = None
         if "reg" in c.tasks:

@@ -158,7 +158,7 @@ def _play(model, train_rows, eval_rows, cfg, steps, steps_per_epoch, batch_size,
             optimizer.step()
         logged = {k: float(v.detach()) for k, v in parts.items()}
         if disc is not None:
-            lesion = torch.ones(batch_size, dtype=torch.bool)
+            lesion = torch.arange(batch_size)  # every row of the game is a lesion slice
             fake = (enhancement.detach(), probs.detach(), context)
             d_losses = [discriminator_step(cfg, disc, d_optimizer, batch, lesion, fake)]
             for _ in range(d_steps - 1):  # extra D updates on fresh minibatches (G's outputs without grad)
@@ -168,7 +168,7 @@ def _play(model, train_rows, eval_rows, cfg, steps, steps_per_epoch, batch_size,
                     e_extra, logits_extra = _heads_forward(reg_head, cls_head, extra)
                 fake = (e_extra, torch.softmax(logits_extra, dim=1), extra["descriptors"].flatten(1))
                 d_losses.append(discriminator_step(cfg, disc, d_optimizer, extra, lesion, fake))
-            logged["loss_d"] = sum(d_losses) / len(d_losses)
+            logged["loss_d"] = float(sum(d_losses)) / len(d_losses)
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
         if (step + 1) % log_every == 0 or step == steps - 1:

@@ -67,8 +67,8 @@ class TrainConfig:
     name: str = "mtinet"
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 only where it is faster, see runtime)
-    channels_last: str | bool = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 only where measured faster, see train.fastpath)
+    channels_last: str | bool = "auto"  # auto | true | false (auto: measured, see train.fastpath)
     compile: bool = False
     deterministic: bool = False
     log_every: int = 0  # steps between log lines inside an epoch (0: epoch lines only)

@@ -8,6 +8,7 @@ lesion area. Optionally only the largest 3D lesion component is kept (one lesion
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,13 +59,32 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """Put ``model`` in eval mode for the block and give every submodule back the mode it had
+    (a training loop that validates between epochs must find its dropout switched on again)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 @torch.no_grad()
 def predict_case(model: torch.nn.Module, volume: CaseVolume, image_size: int | None = None,
                  device: torch.device | str = "cpu", precision: str = "fp32", batch_size: int = 16,
                  keep_largest_lesion: bool = True, channels_last: bool = False) -> CasePrediction:
-    """Run ``model`` on every slice of ``volume`` and assemble the per-case prediction."""
-    device = torch.device(device)
-    model.eval()
+    """Run ``model`` (in eval mode; its mode is restored afterwards) on every slice of ``volume``
+    and assemble the per-case prediction."""
+    with evaluating(model):
+        return _predict_case(model, volume, image_size, torch.device(device), precision, batch_size,
+                             keep_largest_lesion, channels_last)
+
+
+def _predict_case(model, volume, image_size, device, precision, batch_size, keep_largest_lesion,
+                  channels_last) -> CasePrediction:
     p, h, w, s = volume.images.shape
     images = torch.from_numpy(volume.images).permute(3, 0, 1, 2)  # (S, P, H, W)
     if image_size is not None and (h, w) != (image_size, image_size):
@@ -185,10 +205,15 @@ def lesion_slice_outputs(model: torch.nn.Module, volumes: list[CaseVolume], imag
 
     ``model`` must do regression and classification (MTI-Net or its multi-task ablations).
     """
-    from mtilib.data.dataset import SliceDataset
 
     device = torch.device(device)
-    model.eval()
+    with evaluating(model):
+        return _lesion_slice_outputs(model, volumes, image_size, device, batch_size, min_lesion_pixels)
+
+
+def _lesion_slice_outputs(model, volumes, image_size, device, batch_size, min_lesion_pixels):
+    from mtilib.data.dataset import SliceDataset
+
     dataset = SliceDataset(volumes, image_size, negative_ratio=0.0, augment=False,
                            min_lesion_pixels=min_lesion_pixels)
     items = [dataset[i] for i in range(len(dataset))]

@@ -30,16 +30,10 @@ from mtilib.data.io import load_case, read_dataset
 from mtilib.losses import discriminator_loss, generator_adversarial_loss, multitask_loss
 from mtilib.metrics import headline_metrics
 from mtilib.models import build_discriminator, build_model
-from mtilib.runtime import (
-    autocast,
-    resolve_channels_last,
-    resolve_precision,
-    seed_everything,
-    select_device,
-    versions,
-)
+from mtilib.runtime import autocast, gather_rng_states, restore_rng_states, seed_everything, select_device, versions
 from mtilib.train.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from mtilib.train.config import TrainConfig
+from mtilib.train.fastpath import choose_fast_paths
 from mtilib.train.inference import evaluate_cases, validation_score
 
 
@@ -60,18 +54,23 @@ def init_distributed(device_spec: str) -> tuple[int, int, torch.device]:
     """Under torchrun (``RANK``/``WORLD_SIZE`` set) join the process group; else a single process.
 
     Returns ``(rank, world_size, device)``. GPUs use NCCL with one device per local rank; CPUs
-    use Gloo.
+    use Gloo. More processes than GPUs on a node (e.g. a 2-process check on a one-GPU machine) share
+    the GPUs round-robin over Gloo, since NCCL refuses two ranks on one device.
     """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0, 1, select_device(device_spec)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = select_device(device_spec)
+    backend = "gloo"
     if device.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gpus = torch.cuda.device_count()
+        device = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(device)
+        backend = "nccl" if local_world <= gpus else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return rank, world, device
 
 
@@ -150,9 +149,9 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     rank, world, device = init_distributed(cfg.device)
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
-    seed_everything(cfg.seed, cfg.deterministic)
-    precision = resolve_precision(cfg.precision, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device)
+    # Each rank draws its own dropout masks and instance noise (nanoGPT's seed offset); DDP
+    # broadcasts rank 0's initial weights, so the models still start identical.
+    seed_everything(cfg.seed + rank, cfg.deterministic)
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -175,6 +174,12 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     )
     steps_per_epoch = max(1, len(loader))
 
+    # precision and memory format: explicit settings are used as given; "auto" is decided by a
+    # short measurement on this machine (cached), never by CPU flags
+    fast = choose_fast_paths(cfg.model, device, cfg.precision, cfg.channels_last, cfg.data.image_size,
+                             cfg.optim.batch_size // world)
+    precision, channels_last = fast.precision, fast.channels_last
+
     # model, discriminator, optimisers
     model = build_model(cfg.model).to(device)
     disc = build_discriminator(cfg.model)
@@ -194,7 +199,9 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.exists():
-        state = load_checkpoint(last_path, map_location=device)
+        # Load to the CPU: RNG states must stay CPU byte tensors, and load_state_dict /
+        # Optimizer.load_state_dict copy the rest to wherever the parameters live.
+        state = load_checkpoint(last_path, map_location="cpu")
         saved_cfg = TrainConfig.from_dict(state["config"])
         if saved_cfg.model.to_dict() != cfg.model.to_dict():
             raise ValueError(f"{last_path}: was trained with another model config; cannot resume")
@@ -204,9 +211,10 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         if disc is not None:
             load_state_dict_checked(disc, state["discriminator"], last_path, "discriminator")
             d_optimizer.load_state_dict(state["d_optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
+        if not restore_rng_states(state["rng"], rank, world, device):
+            say(f"[train] {last_path} was written by another number of processes: random streams "
+                f"reseeded, so the continuation is not bit-identical")
+            seed_everything(cfg.seed + rank + 1_000_003 * (state["epoch"] + 1), cfg.deterministic)
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
         history = json.loads(state["history"])
         say(f"[train] resumed from {last_path} at epoch {start_epoch}")
@@ -231,7 +239,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         (out_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
         say(f"[train] {cfg.name}: {len(train_set)} slices from {len(train_volumes)} cases, "
             f"{len(val_volumes)} validation cases; device {device}, {precision}, "
-            f"channels_last={channels_last}, {world} process(es)")
+            f"channels_last={channels_last} ({fast.reason}), {world} process(es)")
 
     last_summary: dict = {}
     epochs_this_call = 0
@@ -241,16 +249,22 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         model.train()
         if disc is not None:
             disc.train()
-        sums: dict[str, float] = {}
+        # Losses are summed on the device and read once per epoch (and at log points): a float()
+        # per step would make the CPU wait for the GPU every step.
+        sums: dict[str, torch.Tensor] = {}
         n_batches, n_samples, t0 = 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (progress and is_main),
                    leave=False)
+        lam_adv = adversarial_weight(cfg, epoch)
         for step_in_epoch, batch in enumerate(bar):
+            # which slices show a lesion, decided on the host before the copy (no sync later)
+            lesion_index = batch["has_lesion"].nonzero().flatten()
+            any_lesion = lesion_index.numel() > 0
+            lesion_index = lesion_index.to(device, non_blocking=True)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             x = batch["image"]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            lesion = batch["has_lesion"].bool()
             lam_adv = adversarial_weight(cfg, epoch + step_in_epoch / steps_per_epoch)
 
             # network (generator) step
@@ -262,11 +276,11 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                 fake_probs = torch.softmax(out.class_logits.float(), dim=1)
                 context = out.aux["descriptors"].flatten(1).float()
                 fake = (out.enhancement, fake_probs, context)
-                if lam_adv > 0 and bool(lesion.any()):
-                    adv = generator_adversarial_term(cfg, disc, out.enhancement[lesion], fake_probs[lesion],
-                                                     batch["times"][lesion], context[lesion])
+                if lam_adv > 0 and any_lesion:
+                    adv = generator_adversarial_term(cfg, disc, *(t[lesion_index] for t in (
+                        out.enhancement, fake_probs, batch["times"], context)))
                     loss = loss + lam_adv * adv
-                    parts["adv"] = float(adv.detach())
+                    parts["adv"] = adv.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -276,15 +290,14 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
             # discriminator step: real (true e, smoothed one-hot) vs fake (ê, softmax), on lesion slices
             if disc is not None:
-                d_loss = discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake)
-                parts["d"] = d_loss
+                parts["d"] = discriminator_step(cfg, g_disc, d_optimizer, batch, lesion_index, fake)
 
+            parts["total"] = loss.detach()
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+                sums[key] = sums[key] + value if key in sums else value.clone()
             n_batches += 1
             n_samples += x.shape[0] * world
-            if progress and is_main:
+            if progress and is_main and (step_in_epoch + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if cfg.log_every and (step_in_epoch + 1) % cfg.log_every == 0:
                 say(f"  step {step_in_epoch + 1}/{steps_per_epoch} loss {float(loss.detach()):.4f}")
@@ -293,7 +306,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         # validation per case, on rank 0 (every rank holds the same weights)
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                   "samples_per_s": n_samples / max(train_seconds, 1e-9), "lambda_adv": lam_adv}
-        record.update({f"loss_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+        record.update({f"loss_{k}": float(v) / max(n_batches, 1) for k, v in sums.items()})
         if is_main and val_volumes:
             metrics, _ = evaluate_cases(model, val_volumes, cfg.data.image_size, device, precision,
                                         channels_last=channels_last)
@@ -303,6 +316,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             record["val_score"] = validation_score(headline)
         history.append(record)
 
+        rng_states = gather_rng_states(world, device)  # every rank takes part; rank 0 saves them
         if is_main:
             score = record.get("val_score", -record["loss_total"])
             improved = score > best_score
@@ -318,8 +332,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                 "epoch": epoch,
                 "best_score": best_score,
                 "best_epoch": best_epoch,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+                "rng": rng_states,
                 "history": json.dumps(history),
                 "versions": versions(),
                 "val_summary": json.dumps(last_summary),
@@ -372,13 +385,16 @@ def generator_adversarial_term(cfg: TrainConfig, disc, enhancement, probs, times
     return generator_adversarial_loss(score, cfg.adversarial.kind)
 
 
-def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
-    """One update of D on (real, fake) pairs of the batch's lesion slices.
+def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion_index, fake) -> torch.Tensor:
+    """One update of D on (real, fake) pairs of the batch's lesion slices; returns D's loss (detached).
 
-    A batch without lesion slices still runs D on all its samples with a zero-weighted loss: under
-    DDP every process must take part in the same gradient all-reduce, or the others wait forever.
+    ``lesion_index (L,)``: the batch rows that show a lesion (integer indices, so that selecting
+    them needs no device-to-host sync). A batch without lesion slices still runs D on all its
+    samples with a zero-weighted loss: under DDP every process must take part in the same gradient
+    all-reduce, or the others wait forever.
     """
-    use = lesion if bool(lesion.any()) else torch.ones_like(lesion)
+    any_lesion = lesion_index.numel() > 0
+    use = lesion_index if any_lesion else torch.arange(batch["times"].shape[0], device=batch["times"].device)
     enhancement, probs, context = (t.detach()[use] for t in fake)
     times = batch["times"][use]
     noise = cfg.adversarial.instance_noise
@@ -386,12 +402,12 @@ def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion, fake) -> float:
     score_real = _noisy_score(g_disc, batch["enhancement"][use], real_p, times, context, noise)
     score_fake = _noisy_score(g_disc, enhancement, probs, times, context, noise)
     d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
-    if not bool(lesion.any()):
+    if not any_lesion:
         d_loss = d_loss * 0.0
     d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
     d_optimizer.step()
-    return float(d_loss.detach())
+    return d_loss.detach()
 
 
 def _epoch_line(record: dict, epochs: int, improved: bool) -> str:

@@ -31,6 +31,8 @@ def tiny_config(epochs: int = 2, seed: int = 0) -> TrainConfig:
     cfg.optim.epochs = epochs
     cfg.adversarial.warmup_epochs = 0.5  # the adversary takes part within the tiny run
     cfg.adversarial.ramp_epochs = 0.5
+    # explicit, so these tests take the same path on every CPU (test_fastpath forces each one)
+    cfg.precision, cfg.channels_last = "fp32", False
     return cfg
 
 
