@@ -1,12 +1,43 @@
-"""Command line: ``mtilib <command>``. Heavy imports happen inside each command."""
+"""Command line: ``mtilib <command>``. Heavy imports happen inside each command.
+
+Every command checks its arguments before it computes, never replaces finished work without
+``--force`` (``train``: ``--resume`` or ``--force``), and answers an expected error with one line
+``mtilib <command>: <file>: <problem>`` on stderr (the traceback only with ``mtilib --debug`` or
+``MTILIB_DEBUG=1``). Exit codes: :data:`EXIT_CODES`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from mtilib import __version__
+
+#: What the exit status of ``mtilib`` means (also in the README).
+EXIT_CODES = {
+    0: "done",
+    1: "invalid input: a data set, image, checkpoint or config that cannot be used (the message names "
+       "it); or a notebook failed (course)",
+    2: "bad usage: arguments that do not fit together or do not fit the model",
+    3: "refused: the command would replace finished work or write among the inputs (see --force / --resume)",
+    130: "interrupted (Ctrl-C)",
+}
+
+
+class UsageError(Exception):
+    """Arguments that cannot work (exit 2)."""
+
+
+class RefusedError(Exception):
+    """The command would replace finished work or write among its inputs (exit 3)."""
+
+
+#: The files of a training run; a folder holding any of them holds a run.
+RUN_FILES = ("last.pt", "best.pt", "history.jsonl", "config.yaml", "versions.json")
+PREDICTION_FILES = ("lesion_mask.nii.gz", "labels.nii.gz", "prediction.json")
 
 
 def _cmd_info(args) -> int:
@@ -57,8 +88,6 @@ def _cmd_course(args) -> int:
 
 def _cmd_phantom(args) -> int:
     """Generate a phantom data set in the nnU-Net layout (see mtilib.data.io)."""
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from mtilib.constants import CLASS_NAMES, class_id
@@ -67,12 +96,10 @@ def _cmd_phantom(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"error: {out} exists and is not a folder", file=sys.stderr)
-        return 1
+        raise UsageError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not args.force:
-            print(f"error: {out} is not empty; pass --force to replace the data set in it", file=sys.stderr)
-            return 1
+            raise RefusedError(f"{out}: is not empty; pass --force to replace the data set in it")
         clear_layout(out)  # only dataset.json and the four image/label folders, nothing else
         leftover = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT_ENTRIES)
         if leftover:
@@ -91,14 +118,12 @@ def _cmd_phantom(args) -> int:
         if args.size:
             config = config.with_shape(args.size)  # same field of view, other voxel size
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     n_classes = len(config.classes)
     n_train = args.cases if args.cases is not None else 3 * n_classes
     n_test = args.test_cases if args.test_cases is not None else 2 * n_classes
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        print("error: --cases and --test-cases must be >= 0 and not both 0", file=sys.stderr)
-        return 2
+        raise UsageError("--cases and --test-cases must be >= 0 and not both 0")
 
     bar = tqdm(total=n_train + n_test, desc="phantom", unit="case", disable=not sys.stderr.isatty())
     train = iter_cases(n_train, args.seed, config)
@@ -126,13 +151,9 @@ def _cmd_phantom(args) -> int:
 
 def _cmd_dataset_check(args) -> int:
     """Validate a data set on disk and print its summary; exit 1 with the error if it is invalid."""
-    from mtilib.data.io import DatasetError, check_dataset, format_summary
+    from mtilib.data.io import check_dataset, format_summary
 
-    try:
-        summary = check_dataset(args.root)
-    except DatasetError as exc:
-        print(f"invalid data set: {exc}", file=sys.stderr)
-        return 1
+    summary = check_dataset(args.root)  # a DatasetError becomes one line "invalid data set: ..."
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -141,8 +162,19 @@ def _cmd_train(args) -> int:
     from mtilib.train import TrainConfig, train
 
     if bool(args.config) == bool(args.preset):
-        print("mtilib train: give exactly one of --config FILE or --preset NAME", file=sys.stderr)
-        return 2
+        raise UsageError("give exactly one of --config FILE or --preset NAME")
+    if args.resume and args.force:
+        raise UsageError("--resume continues a run and --force replaces it: give one of them")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not args.resume:
+        if not args.force:
+            raise RefusedError(f"{out}: holds a run ({', '.join(held)}); pass --resume to continue it "
+                               "or --force to replace it")
+        for name in held:  # the run's own files only; anything else in the folder stays
+            (out / name).unlink()
     cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig.preset(args.preset)
     for key, value in (("seed", args.seed), ("device", args.device), ("precision", args.precision)):
         if value is not None:
@@ -159,18 +191,22 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from pathlib import Path
-
+    from mtilib.data.io import DatasetError
     from mtilib.metrics import headline_metrics
     from mtilib.runtime import select_device
     from mtilib.train import evaluate_cases, load_model, load_volumes
 
+    out = Path(args.out) if args.out else Path(args.ckpt).with_name(f"evaluation_{args.split}.json")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; --out names the JSON file to write")
+    if out.exists() and not args.force:
+        raise RefusedError(f"{out}: exists from an earlier evaluation; pass --force to replace it "
+                           "or --out to write elsewhere")
     device = select_device(args.device)
     model, cfg, _ = load_model(args.ckpt, device)
     volumes = load_volumes(args.data, args.split)
     if not volumes:
-        print(f"mtilib evaluate: no '{args.split}' cases in {args.data}", file=sys.stderr)
-        return 1
+        raise DatasetError(f"{args.data}: no '{args.split}' cases")
     fast = _inference_fast_paths(cfg, device)
     metrics, _ = evaluate_cases(model, volumes, cfg.data.image_size, device, fast.precision,
                                 channels_last=fast.channels_last)
@@ -184,16 +220,31 @@ def _cmd_evaluate(args) -> int:
         print(table[shown].round(3).to_string(index=False))
     summary = metrics.summary()
     print("\nsummary:", json.dumps(headline_metrics(summary), indent=2))
-    out = Path(args.out) if args.out else Path(args.ckpt).with_name(f"evaluation_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     metrics.to_json(out)
     print(f"per-case table and summary written to {out}")
     return 0
 
 
-def _cmd_predict(args) -> int:
-    from pathlib import Path
+def _check_prediction_out(out: Path, images: list[Path], force: bool) -> None:
+    """Refuse, before any computation, an ``--out`` that would lose work or touch the inputs."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    inputs = {p.resolve() for p in images}
+    for name in PREDICTION_FILES:  # never, not even with --force: an input is the user's data
+        if (out / name).resolve() in inputs:
+            raise RefusedError(f"{out / name}: is one of the input images; choose another --out")
+    if not force:
+        if out.resolve() in {p.parent for p in inputs}:
+            raise RefusedError(f"{out}: holds the input images; choose another --out, or pass --force to "
+                               "write the results among the inputs")
+        existing = [name for name in PREDICTION_FILES if (out / name).exists()]
+        if existing:
+            raise RefusedError(f"{out / existing[0]}: exists from an earlier prediction; pass --force to "
+                               "replace it")
 
+
+def _cmd_predict(args) -> int:
     from mtilib.constants import DEFAULT_PHASE_TIMES_S, LESION
     from mtilib.data.dataset import CaseVolume
     from mtilib.data.io import load_phase_images, voxel_spacing, write_label_volume
@@ -201,23 +252,24 @@ def _cmd_predict(args) -> int:
     from mtilib.train import load_model, predict_case
     from mtilib.train.inference import prediction_report
 
+    images_given = [Path(p) for p in args.images]
+    out = Path(args.out)
+    _check_prediction_out(out, images_given, args.force)
     device = select_device(args.device)
     model, cfg, _ = load_model(args.ckpt, device)
-    if len(args.images) != cfg.model.phases:
-        print(f"mtilib predict: the model takes {cfg.model.phases} phases, got {len(args.images)} files",
-              file=sys.stderr)
-        return 2
-    times = args.times or list(DEFAULT_PHASE_TIMES_S[: cfg.model.phases])
-    if len(times) != cfg.model.phases:
-        print(f"mtilib predict: --times needs {cfg.model.phases} values", file=sys.stderr)
-        return 2
-    images, affine = load_phase_images(args.images)
+    phases = cfg.model.phases
+    if len(images_given) not in (1, phases):
+        raise UsageError(f"the model takes {phases} phases: give {phases} files in phase order or one 4D "
+                         f"file, got {len(images_given)} files")
+    times = args.times or list(DEFAULT_PHASE_TIMES_S[:phases])
+    if len(times) != phases:
+        raise UsageError(f"--times needs {phases} values, got {len(times)}")
+    images, affine = load_phase_images(images_given, expected_phases=phases)
     spacing = voxel_spacing(affine)
-    volume = CaseVolume.from_arrays(Path(args.images[0]).name.split(".")[0], images, times, spacing)
+    volume = CaseVolume.from_arrays(images_given[0].name.split(".")[0], images, times, spacing)
     fast = _inference_fast_paths(cfg, device)
     pred = predict_case(model, volume, cfg.data.image_size, device, fast.precision,
                         channels_last=fast.channels_last)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_label_volume(out / "lesion_mask.nii.gz", pred.label_map == LESION, affine)
     write_label_volume(out / "labels.nii.gz", pred.label_map, affine)
@@ -269,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtilib",
         description="MTI-Net for liver tumour DCE-MRI: data, training, evaluation and the course.",
+        epilog="exit codes: " + "; ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"mtilib {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (or set MTILIB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     p = sub.add_parser("info", help="versions, device, threads and fast paths of this machine")
@@ -335,22 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    p.add_argument("--force", action="store_true", help="replace the run in OUT (its checkpoints and history)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="per-case evaluation of a checkpoint on a data set split")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--out", help="JSON file for the per-case table and summary")
+    p.add_argument("--out", help="JSON file for the per-case table and summary "
+                                 "(default: evaluation_SPLIT.json beside the checkpoint)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment, regress and classify one case from its phase files")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--images", nargs="+", required=True, metavar="PHASE", help="one NIfTI per phase, in order")
+    p.add_argument("--images", nargs="+", required=True, metavar="PHASE",
+                   help="one NIfTI per phase, in phase order, or one 4D NIfTI with the phases last")
     p.add_argument("--times", nargs="+", type=float, help="phase times in seconds (default 0 35 70 180)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier prediction in --out, or write among the inputs (never over them)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
@@ -373,13 +434,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """A message as one printable line: line breaks joined with "; ", control characters escaped."""
+    text = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The documented exit code of an expected error; ``None`` for a bug (traceback shown)."""
+    from mtilib.data.io import DatasetError
+    from mtilib.train.checkpoint import CheckpointError
+
+    if isinstance(exc, UsageError):
+        return 2
+    if isinstance(exc, RefusedError):
+        return 3
+    if isinstance(exc, (DatasetError, CheckpointError, ValueError, OSError)):
+        return 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    command = " ".join(filter(None, (args.command, getattr(args, "dataset_command", None))))
+    debug = args.debug or os.environ.get("MTILIB_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"mtilib {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None or debug:
+            if code is None:
+                raise  # a bug, not an input error: the traceback is what a report needs
+            import traceback
+
+            traceback.print_exc()
+        prefix = "invalid data set: " if command == "dataset check" and code == 1 else ""
+        print(f"mtilib {command}: {prefix}{one_line(exc)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -245,7 +245,12 @@ def aggregate_case(class_probs: np.ndarray | None, enhancement: np.ndarray | Non
     """
     area = np.asarray(lesion_area, dtype=np.float64)
     weights = area / area.sum() if area.sum() > 0 else np.full(area.shape, 1.0 / max(len(area), 1))
-    probs = None if class_probs is None else (weights[:, None] * class_probs).sum(0)
+    probs = None
+    if class_probs is not None:
+        # A weighted sum of float32 softmax rows can land at 1 + 2e-16 (or a hair below 0 after a
+        # cast): renormalise so the case's probabilities are probabilities, in [0, 1], sum 1.
+        probs = np.clip((weights[:, None] * np.asarray(class_probs, np.float64)).sum(0), 0.0, None)
+        probs = np.minimum(probs / probs.sum(), 1.0) if probs.sum() > 0 else np.full(probs.shape, 1 / len(probs))
     enh = None if enhancement is None else (weights[:, None] * enhancement).sum(0)
     return probs, enh
 

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import shutil
 import zlib
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,25 +139,65 @@ def _rel(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def _load_nifti(path: Path, root: Path | None = None, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read one 3D NIfTI volume -> (data, affine); any failure becomes a DatasetError naming the file."""
-    name = _rel(path, root)
+_READ_ERRORS = (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError,
+                nib.spatialimages.HeaderDataError)
+
+
+@contextmanager
+def _quiet_nibabel():
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _open_nifti(path: Path, name: str):
+    """``nib.load`` with the file named in any failure, and the voxel type checked: real numbers
+    only (integers or floats). Complex voxels would lose their imaginary part silently."""
     if not path.is_file():
         raise DatasetError(f"{name}: file is missing")
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():  # its header checks would also print to the terminal; we say it once
+            img = nib.load(str(path))
+        dtype = np.dtype(img.get_data_dtype())
+    except nib.spatialimages.HeaderDataError as exc:
+        raise DatasetError(f"{name}: unsupported NIfTI data type ({exc})") from exc
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{name}: cannot read the NIfTI file (truncated or corrupt?): {exc}") from exc
+    if dtype.kind == "c":
+        raise DatasetError(f"{name}: complex voxels ({dtype}) are not supported: export magnitude images")
+    if dtype.kind not in "iuf":
+        raise DatasetError(f"{name}: unsupported NIfTI data type {dtype} (integers or floats expected)")
+    return img
+
+
+def _load_nifti(path: Path, root: Path | None = None, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read one 3D NIfTI volume -> (data, affine); any failure becomes a DatasetError naming the file."""
+    name = _rel(path, root)
+    img = _open_nifti(path, name)
+    try:
         if integer:
             data = np.asanyarray(img.dataobj)
         else:
             data = img.get_fdata(dtype=np.float32, caching="unchanged")
         affine = np.asarray(img.affine, float)
-    except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except _READ_ERRORS as exc:
         raise DatasetError(f"{name}: cannot read the NIfTI file (truncated or corrupt?): {exc}") from exc
     while data.ndim > 3 and data.shape[-1] == 1:  # tolerate trailing singleton axes
         data = data[..., 0]
     if data.ndim != 3:
         raise DatasetError(f"{name}: expected a 3D volume, got shape {data.shape}")
     return data, affine
+
+
+def _check_not_constant(data: np.ndarray, name: str) -> None:
+    """An image whose voxels all hold one value (all zeros: an empty export) carries no signal."""
+    low, high = float(np.min(data)), float(np.max(data))
+    if low == high:
+        raise DatasetError(f"{name}: every voxel is {low:g}: an empty or constant image")
 
 
 def _check_finite(data: np.ndarray, name: str) -> None:
@@ -397,8 +439,9 @@ def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], 
         if not isinstance(rec, dict):
             raise DatasetError(f"{label} is not an object")
         case = rec.get("case")
-        if not isinstance(case, str) or not case or "/" in case:
-            raise DatasetError(f"{label}: 'case' must be a non-empty name, got {case!r}")
+        if not isinstance(case, str) or not case or not case.isprintable() or any(c in case for c in "/\\"):
+            raise DatasetError(f"{label}: 'case' must be a non-empty printable name without '/' or '\\', "
+                               f"got {case!r}")
         label = f"{where}: case {case!r}"
         if case in seen:
             raise DatasetError(f"{label} is listed twice")
@@ -406,7 +449,10 @@ def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], 
         if rec.get("split") not in SPLITS:
             raise DatasetError(f"{label}: split must be 'train' or 'test', got {rec.get('split')!r}")
         cls = rec.get("class")
-        if not _is_int(cls) or not 0 <= cls < len(class_names):
+        if not _is_int(cls):
+            raise DatasetError(f"{label}: class must be an integer id 0..{len(class_names) - 1}, got {cls!r} "
+                               "(class names go in mtilib.class_names)")
+        if not 0 <= cls < len(class_names):
             raise DatasetError(f"{label}: class id {cls!r} is out of range 0..{len(class_names) - 1}")
         enh = rec.get("enhancement")
         if enh is not None and (not isinstance(enh, list) or len(enh) != n_phases - 1
@@ -503,6 +549,7 @@ def _load_phases(paths: Sequence[Path], root: Path | None, tol: float) -> tuple[
         else:
             _check_same_grid(data.shape, affine, ref_shape, ref_affine, name, ref_name, tol)
         _check_finite(data, name)
+        _check_not_constant(data, name)
         volumes.append(np.asarray(data, np.float32))
     return np.stack(volumes), ref_affine
 
@@ -518,18 +565,18 @@ def load_phase_images(paths, expected_phases: int | None = len(PHASES),
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if len(paths) == 1:
         path = paths[0]
-        if not path.is_file():
-            raise DatasetError(f"{path}: file is missing")
+        img = _open_nifti(path, str(path))
         try:
-            img = nib.load(str(path))
             data = img.get_fdata(dtype=np.float32, caching="unchanged")
             affine = np.asarray(img.affine, float)
-        except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        except _READ_ERRORS as exc:
             raise DatasetError(f"{path}: cannot read the NIfTI file (truncated or corrupt?): {exc}") from exc
         if data.ndim != 4:
             raise DatasetError(f"{path}: a single file must be 4D with the phases last, "
                                f"got shape {data.shape}")
         _check_finite(data, str(path))
+        for k in range(data.shape[-1]):
+            _check_not_constant(data[..., k], f"{path} (phase {k})")
         images = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32)
     else:
         images, affine = _load_phases(paths, None, affine_tol_mm)

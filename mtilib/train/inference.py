@@ -128,7 +128,8 @@ def _predict_case(model, volume, image_size, device, precision, batch_size, keep
 
 def prediction_report(pred: CasePrediction, spacing, num_classes: int, phase_names=PHASES) -> dict:
     """A JSON-ready summary of one prediction: lesion found and its volume (ml), class
-    probabilities by name and the predicted class, enhancement per post-contrast phase.
+    probabilities by name and the predicted class, enhancement per post-contrast phase. When the
+    network segments and finds no lesion, class and enhancement are ``None`` ("not assessed").
     ``mtilib predict`` writes it; notebook 10 tabulates it for many cases."""
     names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
     report: dict = {"case": pred.case_id}
@@ -137,11 +138,20 @@ def prediction_report(pred: CasePrediction, spacing, num_classes: int, phase_nam
         report["lesion_found"] = bool(lesion.any())
         report["lesion_volume_ml"] = mask_volume_ml(lesion, spacing)
         report["lesion_slices"] = [int(s) for s in np.nonzero(pred.slice_lesion_area)[0]]
+    no_lesion = report.get("lesion_found") is False
+    if no_lesion:
+        # The heads always answer, but a class and an enhancement of no lesion read as a diagnosis
+        # of nothing: report them as not assessed.
+        report["assessment"] = "no lesion found: class and enhancement not assessed"
+    elif "lesion_found" in report:
+        report["assessment"] = "lesion found"
     if pred.class_probs is not None:
-        report["class_probabilities"] = {n: float(p) for n, p in zip(names, pred.class_probs)}
-        report["predicted_class"] = names[pred.class_id]
+        report["class_probabilities"] = None if no_lesion else {
+            n: float(p) for n, p in zip(names, pred.class_probs)}
+        report["predicted_class"] = None if no_lesion else names[pred.class_id]
     if pred.enhancement is not None:
-        report["enhancement"] = {n: float(v) for n, v in zip(phase_names[1:], pred.enhancement)}
+        report["enhancement"] = None if no_lesion else {
+            n: float(v) for n, v in zip(phase_names[1:], pred.enhancement)}
     return report
 
 

@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             seed_everything(cfg.seed + rank + 1_000_003 * (state["epoch"] + 1), cfg.deterministic)
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
         history = json.loads(state["history"])
-        say(f"[train] resumed from {last_path} at epoch {start_epoch}")
+        say(f"[train] resumed from {last_path} after epoch {start_epoch}/{cfg.optim.epochs}")
     elif resume:
         say(f"[train] no {last_path} yet: starting from scratch")
     if cfg.init_checkpoint and start_epoch == 0:
@@ -235,6 +235,11 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # history.jsonl describes this run: rewritten from the checkpoint on resume (a kill between
+        # the checkpoint and the history line loses nothing), started afresh otherwise (never a
+        # mix of two runs; the command line refuses to replace a run without --force)
+        with open(out_dir / "history.jsonl", "w") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in history)
         cfg.to_yaml(out_dir / "config.yaml")
         (out_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
         say(f"[train] {cfg.name}: {len(train_set)} slices from {len(train_volumes)} cases, "

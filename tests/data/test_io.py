@@ -155,7 +155,7 @@ def test_cli_refuses_to_overwrite_without_force(built, tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     args = ["phantom", "--out", str(out), "--preset", "quick", "--cases", "2", "--test-cases", "1"]
-    assert main(args) == 1
+    assert main(args) == 3  # refused: finished work is never replaced without --force
     assert "not empty" in capsys.readouterr().err
     assert not (out / "dataset.json").exists()
     assert main(args + ["--force"]) == 0

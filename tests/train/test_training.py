@@ -60,7 +60,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
     done = subprocess.run(mtilib_cmd("train", "--config", cfg_path, "--data", DEFAULT_DATA, "--out", killed,
                                      "--resume"), check=True, capture_output=True, text=True)
-    assert f"resumed from {killed / 'last.pt'} at epoch {epoch_at_kill + 1}" in done.stdout
+    assert f"resumed from {killed / 'last.pt'} after epoch {epoch_at_kill + 1}/{cfg.optim.epochs}" in done.stdout
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["epoch"] == b["epoch"] == cfg.optim.epochs - 1
     for name, tensor in a["model"].items():
