@@ -288,10 +288,10 @@ def test_control_characters_in_a_case_name_are_escaped(data):
 
 def test_missing_data_folder(tmp_path):
     missing = tmp_path / "nowhere"
-    for args in (("dataset", "check", missing),
-                 ("evaluate", "--ckpt", SHIPPED, "--data", missing, "--out", tmp_path / "e.json"),
-                 ("train", "--preset", "quick", "--data", missing, "--out", tmp_path / "run")):
-        assert_one_line_error(cli(*args), INPUT, missing, "does not exist")
+    for call, args in ((run, ("dataset", "check", missing)),
+                       (run, ("evaluate", "--ckpt", SHIPPED, "--data", missing, "--out", tmp_path / "e.json")),
+                       (cli, ("train", "--preset", "quick", "--data", missing, "--out", tmp_path / "run"))):
+        assert_one_line_error(call(*args), INPUT, missing, "does not exist")
     assert not (tmp_path / "run").exists() and not (tmp_path / "e.json").exists()
 
 
@@ -302,9 +302,9 @@ def test_truncated_and_random_checkpoints(data, tmp_path):
     truncated.write_bytes(SHIPPED.read_bytes()[:100_000])
     random = tmp_path / "random.pt"
     random.write_bytes(np.random.default_rng(0).bytes(5000))
-    for ckpt in (truncated, random):
-        assert_one_line_error(cli("predict", "--ckpt", ckpt, "--images", *phase_files(data), "--out",
-                                  tmp_path / "p"), INPUT, ckpt.name, "cannot be read", command="predict")
+    for call, ckpt in ((cli, truncated), (run, random)):
+        assert_one_line_error(call("predict", "--ckpt", ckpt, "--images", *phase_files(data), "--out",
+                                   tmp_path / "p"), INPUT, ckpt.name, "cannot be read", command="predict")
         assert_one_line_error(run("evaluate", "--ckpt", ckpt, "--data", data), INPUT, ckpt.name)
     assert not (tmp_path / "p").exists()
 
