@@ -1,4 +1,4 @@
-"""Vocabulary shared by every layer (SPEC §1): phases, lesion classes, label values."""
+"""Vocabulary shared by every layer (DESIGN §1): phases, lesion classes, label values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses (SPEC §3): ``L = L_seg + λ_reg·SmoothL1 + λ_cls·CE + λ_tim·L_tim + λ_adv·L_adv``.
+"""Losses (DESIGN §3): ``L = L_seg + λ_reg·SmoothL1 + λ_cls·CE + λ_tim·L_tim + λ_adv·L_adv``.
 
 Batches are dicts: ``image (B, P, H, W)``, ``times (B, P)`` s, ``label (B, H, W)`` int64 with 0/1/2,
 ``class_id (B,)`` int64, ``enhancement (B, P-1)``, ``has_lesion (B,)`` bool. Enhancement and class
@@ -19,7 +19,7 @@ from mtilib.data.enhancement import relative_enhancement
 
 @dataclass
 class LossWeights:
-    """λ's of the total loss; SPEC defaults 1, 1, 0.5, 0.1, 0.01 (seg, reg, cls, tim, adv)."""
+    """λ's of the total loss; defaults 1, 1, 0.5, 0.1, 0.01 (DESIGN §3.8) (seg, reg, cls, tim, adv)."""
 
     seg: float = 1.0
     reg: float = 1.0
@@ -122,7 +122,7 @@ def weighted_covariance(values: torch.Tensor, weights: torch.Tensor, eps: float 
 def tim_consistency_loss(images: torch.Tensor, lesion_prob: torch.Tensor, true_lesion: torch.Tensor,
                          pred_enhancement: torch.Tensor, mask: torch.Tensor, beta: float = 0.1,
                          second_order_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """TIM's higher-order consistency between segmentation and regression (SPEC §3.5c).
+    """TIM's higher-order consistency between segmentation and regression (DESIGN §3.5c).
 
     First order: the regressed ``ê`` agrees with the enhancement *measured from the input phases
     under the predicted soft mask* (:func:`relative_enhancement`). Second order: the covariance of

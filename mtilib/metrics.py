@@ -1,4 +1,4 @@
-"""Per-case evaluation metrics for the three MTI-Net tasks (SPEC §4).
+"""Per-case evaluation metrics for the three MTI-Net tasks (DESIGN §4).
 
 Pure functions plus one small accumulator, the pairing MONAI uses (``compute_*`` functions and a
 ``*Metric`` class), but with every edge case decided here and written down:
@@ -47,6 +47,7 @@ from scipy import ndimage, stats
 from sklearn import metrics as skm
 
 from mtilib.constants import CLASS_NAMES, PHASES
+from mtilib.jsonable import json_ready
 
 __all__ = [
     "POST_CONTRAST_PHASES",
@@ -120,25 +121,6 @@ def _float_or_none(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _to_builtin(x: Any) -> Any:
-    """Convert numpy scalars/arrays (nested in dicts/lists) to plain Python; NaN/inf -> None."""
-    if isinstance(x, dict):
-        return {str(k): _to_builtin(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_builtin(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _to_builtin(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return _float_or_none(x)
-    if x is None or isinstance(x, str):
-        return x
-    if x is pd.NA or x is pd.NaT:
-        return None
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,15 +189,27 @@ def slab_diagonal_mm(shape: Sequence[int], spacing: Any) -> float:
     return float(np.sqrt(np.sum((shape_arr * sp) ** 2)))
 
 
-def _distance_metric(pred: Any, true: Any, spacing: Any, reduce) -> float:
+#: How each surface-distance metric reduces the two directed distance sets (pred -> true, true -> pred).
+_SURFACE_REDUCTIONS = {
+    "hd95": lambda a, b: max(np.percentile(a, 95), np.percentile(b, 95)),
+    "assd": lambda a, b: np.concatenate([a, b]).mean(),
+    "hausdorff": lambda a, b: max(a.max(), b.max()),
+}
+
+
+def _surface_metrics(pred: Any, true: Any, spacing: Any, names=tuple(_SURFACE_REDUCTIONS)) -> dict[str, float]:
+    """Surface-distance metrics in mm with the empty-mask policy, stated once: both masks empty ->
+    0.0; exactly one empty -> :func:`slab_diagonal_mm`; else the reductions of one distance
+    computation."""
     p, t = _mask_pair(pred, true)
     sp = _as_spacing(spacing, p.ndim)
     p_any, t_any = bool(p.any()), bool(t.any())
     if not p_any and not t_any:
-        return 0.0
+        return dict.fromkeys(names, 0.0)
     if p_any != t_any:
-        return slab_diagonal_mm(p.shape, sp)
-    return float(reduce(*surface_distances(p, t, sp)))
+        return dict.fromkeys(names, slab_diagonal_mm(p.shape, sp))
+    a, b = surface_distances(p, t, sp)
+    return {name: float(_SURFACE_REDUCTIONS[name](a, b)) for name in names}
 
 
 def hd95(pred: Any, true: Any, spacing: Any) -> float:
@@ -227,7 +221,7 @@ def hd95(pred: Any, true: Any, spacing: Any) -> float:
 
     Empty masks: both empty → 0.0; exactly one empty → :func:`slab_diagonal_mm` (MONAI: NaN / inf).
     """
-    return _distance_metric(pred, true, spacing, lambda a, b: max(np.percentile(a, 95), np.percentile(b, 95)))
+    return _surface_metrics(pred, true, spacing, ("hd95",))["hd95"]
 
 
 def assd(pred: Any, true: Any, spacing: Any) -> float:
@@ -239,12 +233,12 @@ def assd(pred: Any, true: Any, spacing: Any) -> float:
 
     Empty masks: both empty → 0.0; exactly one empty → :func:`slab_diagonal_mm` (MONAI: NaN / inf).
     """
-    return _distance_metric(pred, true, spacing, lambda a, b: np.concatenate([a, b]).mean())
+    return _surface_metrics(pred, true, spacing, ("assd",))["assd"]
 
 
 def hausdorff(pred: Any, true: Any, spacing: Any) -> float:
     """Symmetric (maximum) Hausdorff distance in mm, same empty-mask policy as :func:`hd95`."""
-    return _distance_metric(pred, true, spacing, lambda a, b: max(a.max(), b.max()))
+    return _surface_metrics(pred, true, spacing, ("hausdorff",))["hausdorff"]
 
 
 def segmentation_metrics(pred: Any, true: Any, spacing: Any) -> dict[str, Any]:
@@ -260,19 +254,13 @@ def segmentation_metrics(pred: Any, true: Any, spacing: Any) -> dict[str, Any]:
     sp = _as_spacing(spacing, p.ndim)
     n_p, n_t = int(p.sum()), int(t.sum())
     pred_empty, true_empty = n_p == 0, n_t == 0
-    if pred_empty or true_empty:
-        d_hd95 = d_assd = d_hd = 0.0 if (pred_empty and true_empty) else slab_diagonal_mm(p.shape, sp)
-    else:
-        a, b = surface_distances(p, t, sp)
-        d_hd95 = float(max(np.percentile(a, 95), np.percentile(b, 95)))
-        d_assd = float(np.concatenate([a, b]).mean())
-        d_hd = float(max(a.max(), b.max()))
+    distances = _surface_metrics(p, t, sp)
     voxel_ml = float(np.prod(sp)) / 1000.0 if p.ndim == 3 else None
     return {
         "dice": dice(p, t),
-        "hd95_mm": d_hd95,
-        "assd_mm": d_assd,
-        "hausdorff_mm": d_hd,
+        "hd95_mm": distances["hd95"],
+        "assd_mm": distances["assd"],
+        "hausdorff_mm": distances["hausdorff"],
         "pred_voxels": n_p,
         "true_voxels": n_t,
         "pred_volume_ml": None if voxel_ml is None else n_p * voxel_ml,
@@ -546,7 +534,7 @@ class CaseMetrics:
         clash = set(extra) & set(row)
         if clash:
             raise ValueError(f"case {case_id!r}: extra keys {sorted(clash)} clash with metric columns")
-        extra = _to_builtin(extra)
+        extra = json_ready(extra)
         for key, value in extra.items():
             if not (value is None or isinstance(value, (str, int, float, bool))):
                 kind = type(value).__name__
@@ -605,14 +593,14 @@ class CaseMetrics:
             cls = classification_metrics(
                 np.array([t for t, _ in self._cls]), np.stack([p for _, p in self._cls]), self.class_names
             )
-        return _to_builtin(
+        return json_ready(
             {"n_cases": len(self._rows), "segmentation": seg, "regression": reg, "classification": cls}
         )
 
     def to_dict(self) -> dict[str, Any]:
         """``{"cases": [row, ...], "summary": summary()}`` with plain Python values, no NaN."""
         columns = list(self.table().columns)
-        cases = [{k: _to_builtin(row.get(k)) for k in columns} for row in self._rows]
+        cases = [{k: json_ready(row.get(k)) for k in columns} for row in self._rows]
         return {"cases": cases, "summary": self.summary()}
 
     def to_json(self, path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mtilib.constants import CLASS_NAMES, LESION, LIVER, PHASES
+from mtilib.models.mdief import BRANCHES
 
 PHASE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
@@ -19,6 +20,16 @@ def _ax(ax, figsize=(5, 4)):
         fig, ax = plt.subplots(figsize=figsize)
         return fig, ax
     return ax.figure, ax
+
+
+def _labelled(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8):
+    """Axis labels, title and legend, a tight layout; returns the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    return fig
 
 
 def draw_phase_slice(images: np.ndarray, labels: np.ndarray | None, phase: int, slice_index: int,
@@ -181,15 +192,10 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names=CLASS_NAMES, ax=
         fpr, tpr, _ = roc_curve(positive, probs[:, k])
         ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {roc_auc_score(positive, probs[:, k]):.2f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("one-vs-rest ROC")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "false positive rate", "true positive rate", "one-vs-rest ROC", legend_size=7)
 
 
-def plot_entropy_weights(weights_per_level: list, branch_names=("spatial", "frequency", "wavelet")):
+def plot_entropy_weights(weights_per_level: list, branch_names=BRANCHES):
     """Mean MdIEF branch weight per skip level (bars) from ``aux["entropy_weights"]``."""
     levels = len(weights_per_level)
     means = np.array([np.asarray(w, dtype=float).mean(axis=(0, 2)) for w in weights_per_level])  # (L, 3)
@@ -243,7 +249,7 @@ def plot_time_intensity(table, y: str = "relative_enhancement", regions=("lesion
     """Time-intensity curves per lesion class (seaborn facets): one thin line per case and region,
     the class mean per region as a thick line.
 
-    ``table``: tidy DataFrame as from :func:`mtilib.data.io.signal_table` (columns ``case``,
+    ``table``: tidy DataFrame as from :func:`mtilib.data.signals.signal_table` (columns ``case``,
     ``class_name``, ``region``, ``time_s`` and ``y``). Rows with NaN in ``y`` (empty regions) are
     refused: filter them first, so that nothing is averaged away silently. Returns the Figure.
     """
@@ -318,7 +324,7 @@ def show_phase_grid(images, labels, slice_indices, row_titles, phases=(1, 2, 3),
 # Spectra, wavelet bands and MdIEF branch weights (course notebook 03)
 # --------------------------------------------------------------------------------------------
 
-BRANCH_NAMES = ("spatial", "frequency", "wavelet")
+BRANCH_NAMES = BRANCHES  # MdIEF's branches, in the order of its weights
 
 
 def _as_array(x) -> np.ndarray:
@@ -506,12 +512,7 @@ def plot_temperature_sweep(temperatures, mean_weights, current: float | None = N
         ax.axvline(current, color="black", ls="--", lw=0.8, label=f"this module's τ = {current:.3g}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("temperature τ")
-    ax.set_ylabel("mean branch weight")
-    ax.set_title("softmax(−H/τ): τ sharpens or flattens the choice")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "temperature τ", "mean branch weight", "softmax(−H/τ): τ sharpens or flattens the choice")
 
 
 # --- notebooks 04-06: segmentation overlays, slice votes, enhancement scatter, curve panels -------------

@@ -99,7 +99,12 @@ def step_train_and_syncs(cfg, out: Path) -> dict:
             "best": str(run_dir / "best.pt")}
 
 
-def step_kill_resume(cfg_path: Path, out: Path) -> dict:
+def step_kill_resume(cfg_path: Path, out: Path, data: Path = DATA) -> dict:
+    """Train ``cfg_path`` once uninterrupted, once killed (SIGKILL) right after its first checkpoint
+    and resumed; compare the final weights (network and discriminator). ``tests/train`` runs it on
+    the CPU."""
+    import json
+
     import torch
 
     from mtilib.train import load_checkpoint
@@ -107,25 +112,28 @@ def step_kill_resume(cfg_path: Path, out: Path) -> dict:
     full, killed = out / "resume_full", out / "resume_killed"
     for folder in (full, killed):
         shutil.rmtree(folder, ignore_errors=True)
-    done = run(mtilib("train", "--config", cfg_path, "--data", DATA, "--out", full))
+    done = run(mtilib("train", "--config", cfg_path, "--data", data, "--out", full))
     if done.returncode:
         return {"ok": False, "error": done.stderr[-1500:]}
-    proc = subprocess.Popen(mtilib("train", "--config", cfg_path, "--data", DATA, "--out", killed), cwd=ROOT,
+    proc = subprocess.Popen(mtilib("train", "--config", cfg_path, "--data", data, "--out", killed), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(killed / "last.pt")["epoch"] + 1
-    done = run(mtilib("train", "--config", cfg_path, "--data", DATA, "--out", killed, "--resume"))
+    done = run(mtilib("train", "--config", cfg_path, "--data", data, "--out", killed, "--resume"))
     if done.returncode:
         return {"ok": False, "killed_after_epoch": killed_at, "error": done.stderr[-1500:]}
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
-    diff = max(float((a["model"][k].float() - b["model"][k].float()).abs().max()) for k in a["model"])
-    identical = all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    weights = [(a["model"], b["model"])] + ([(a["discriminator"], b["discriminator"])] if a["discriminator"] else [])
+    diff = max(float((x[k].float() - y[k].float()).abs().max()) for x, y in weights for k in x)
+    identical = all(torch.equal(x[k], y[k]) for x, y in weights for k in x)
+    history = [json.loads(line)["epoch"] for line in (killed / "history.jsonl").read_text().splitlines()]
     return {"ok": identical or diff < 1e-3, "killed_after_epoch": killed_at, "identical": identical,
-            "max_weight_difference": diff}
+            "max_weight_difference": diff, "epochs": (a["epoch"] + 1, b["epoch"] + 1), "history_epochs": history,
+            "resume_message": next((line for line in done.stdout.splitlines() if "resumed from" in line), "")}
 
 
 def step_torchrun(cfg_path: Path, out: Path) -> dict:

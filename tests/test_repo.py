@@ -113,24 +113,10 @@ def test_environment_yml_installs_the_same_things_as_make_setup():
     assert set(extras.split(",")) == declared, "make setup must install every extra of pyproject.toml"
 
 
-LAYERS = [
-    {"mtilib.constants", "mtilib.runtime", "mtilib.tables"},
-    {"mtilib.data"},
-    {"mtilib.models"},
-    {"mtilib.losses"},
-    {"mtilib.metrics"},
-    {"mtilib.train"},
-    {"mtilib.viz"},
-    {"mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student"},
-    {"mtilib.cli"},
-]
-
-
 def _layer_of(module: str) -> int | None:
-    for i, names in enumerate(LAYERS):
-        if any(module == n or module.startswith(n + ".") for n in names):
-            return i
-    return None
+    from mtilib.diagrams import layer_of
+
+    return layer_of(module)
 
 
 def test_lower_layers_never_import_higher_ones():
@@ -151,3 +137,35 @@ def test_lower_layers_never_import_higher_ones():
                 if layer is not None and layer > own:
                     problems.append(f"{path.relative_to(ROOT)} imports {target}")
     assert not problems, "layer violations:\n" + "\n".join(problems)
+
+
+def test_every_module_belongs_to_a_layer():
+    from mtilib.diagrams import layer_of, module_name
+
+    orphans = [module_name(p) for p in (ROOT / "mtilib").rglob("*.py")
+               if module_name(p) != "mtilib" and layer_of(module_name(p)) is None]
+    assert not orphans, f"add these modules to mtilib.diagrams.LAYERS: {orphans}"
+
+
+def test_design_diagrams_are_what_the_code_generates():
+    from mtilib.diagrams import BEGIN, END, generated_section
+
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    committed = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert committed == generated_section(), "run: python scripts/design_diagrams.py"
+
+
+def test_design_sections_cited_by_the_code_exist_and_nothing_cites_an_outside_spec():
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    sections = set(re.findall(r"^## (\d+) ·", design, re.M)) | set(re.findall(r"\*\*(\d+\.\d+) ", design))
+    problems = []
+    files = [*(ROOT / "mtilib").rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "docs").glob("*.md"),
+             ROOT / "README.md"]
+    for path in files:
+        text = path.read_text()
+        if re.search(r"\bSPEC\b", text):
+            problems.append(f"{path.relative_to(ROOT)} cites SPEC, which is not part of the repository")
+        for cited in re.findall(r"DESIGN §(\d+(?:\.\d+)?)", text):
+            if cited not in sections:
+                problems.append(f"{path.relative_to(ROOT)} cites DESIGN §{cited}, which does not exist")
+    assert not problems, "\n".join(problems)

@@ -1,4 +1,4 @@
-"""From cases to training samples and back (SPEC §2.3).
+"""From cases to training samples and back (DESIGN §2.3).
 
 - :func:`normalisation_scale` / :class:`CaseVolume`: every phase of a case is divided by the same
   robust statistic of the pre-contrast phase, so relative enhancement survives normalisation

@@ -1,4 +1,4 @@
-"""The regression target: relative enhancement of a region in each post-contrast phase (SPEC §1).
+"""The regression target: relative enhancement of a region in each post-contrast phase (DESIGN §1).
 
 One function serves three routes, so that they cannot drift apart:
 

@@ -1,4 +1,4 @@
-"""On-disk layout (SPEC §2.2): nnU-Net-compatible folders plus an ``mtilib`` block in dataset.json.
+"""On-disk layout (DESIGN §2.2): nnU-Net-compatible folders plus an ``mtilib`` block in dataset.json.
 
 ::
 
@@ -44,6 +44,7 @@ import numpy as np
 from mtilib import __version__
 from mtilib.constants import CLASS_NAMES, DEFAULT_PHASE_TIMES_S, LABEL_NAMES, PHASES
 from mtilib.data.enhancement import relative_enhancement
+from mtilib.jsonable import json_ready
 
 FILE_ENDING = ".nii.gz"
 FORMAT_VERSION = 1
@@ -238,8 +239,9 @@ def _save(img: nib.Nifti1Image, path: Path, compresslevel: int = 6) -> None:
 
 
 def voxel_spacing(affine: np.ndarray) -> np.ndarray:
-    """Voxel size ``(3,)`` in mm along the array axes: the lengths of the affine's columns."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    """Voxel size ``(3,)`` in mm along the array axes (nibabel's ``voxel_sizes``: the lengths of the
+    affine's columns; right for oblique affines, where the diagonal is not)."""
+    return nib.affines.voxel_sizes(np.asarray(affine, float))
 
 
 def mask_volume_ml(mask: np.ndarray, spacing) -> float:
@@ -294,21 +296,9 @@ def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affin
 # --------------------------------------------------------------------------------------------
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def phantom_record(case, case_id: str, split: str) -> dict:
     """The dataset.json record of a :class:`~mtilib.data.phantom.PhantomCase`."""
-    return _json_ready({
+    return json_ready({
         "case": case_id,
         "split": split,
         "class": int(case.class_id),
@@ -345,7 +335,7 @@ def write_dataset_json(root, records: Sequence[dict], name: str = "mtilib-phanto
             "class_names": list(class_names),
             "phase_names": list(phase_names),
             "intensity_storage": intensity_storage,
-            "cases": [_json_ready(r) for r in records],
+            "cases": [json_ready(r) for r in records],
         },
     }
     root.mkdir(parents=True, exist_ok=True)
@@ -626,7 +616,7 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
             raise DatasetError(f"case {spec['case']}: {len(times)} phase times for {images.shape[0]} phases")
         write_case(root, spec["case"], images, labels, affine, split=spec["split"], dtype=dtype)
         enhancement = relative_enhancement(images, labels == 2, phase_axis=0)
-        records.append(_json_ready({
+        records.append(json_ready({
             "case": spec["case"], "split": spec["split"], "class": cls, "class_name": CLASS_NAMES[cls],
             "enhancement": [float(v) for v in enhancement], "phase_times_s": times,
             "lesion_volume_ml": mask_volume_ml(labels == 2, voxel_spacing(affine)),
@@ -716,72 +706,3 @@ def format_summary(summary: dict) -> str:
         ranges = "  ".join(f"{lo:+.2f}..{hi:+.2f}" for lo, hi in zip(e["min"], e["max"]))
         lines.append(f"  {c:<{width}}  {ranges}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Time-intensity table (mean signal per case, region and phase)
-# --------------------------------------------------------------------------------------------
-
-#: Regions of :func:`signal_table`, in the order of its rows.
-SIGNAL_REGIONS = ("lesion", "lesion_core", "liver")
-
-
-def region_masks(labels: np.ndarray, core_erosion: int = 1) -> dict[str, np.ndarray]:
-    """Boolean masks (H, W, S) of the regions :func:`signal_table` measures.
-
-    ``lesion``: label 2. ``lesion_core``: the lesion eroded in-plane, slice by slice, by
-    ``core_erosion`` voxels (4-connectivity), i.e. without the boundary voxels whose signal mixes
-    lesion and liver (partial volume). The erosion is in-plane only because slices are much thicker
-    than pixels: a 3D erosion would remove most small lesions. A small lesion may have no core (an
-    empty mask). ``liver``: label 1 (the liver without the lesion).
-    """
-    from scipy import ndimage
-
-    lesion = np.asarray(labels) == 2
-    if core_erosion > 0:
-        in_plane = ndimage.generate_binary_structure(2, 1)[:, :, None]
-        core = ndimage.binary_erosion(lesion, structure=in_plane, iterations=int(core_erosion))
-    else:
-        core = lesion.copy()
-    return {"lesion": lesion, "lesion_core": core, "liver": np.asarray(labels) == 1}
-
-
-def signal_table(index: DatasetIndex, case_ids: Sequence[str] | None = None, core_erosion: int = 1):
-    """Tidy table (pandas) of the mean image signal per case, region and phase: time-intensity curves.
-
-    One row per (case, region, phase), regions as in :func:`region_masks`. Columns: ``case``,
-    ``split``, ``class``, ``class_name``, ``atypical``, ``region``, ``n_voxels``, ``phase_index``,
-    ``phase``, ``time_s``, ``signal`` (mean intensity in the region, image units) and
-    ``relative_enhancement`` (``(S_p - S_pre) / S_pre`` from :func:`relative_enhancement`, the same
-    function as the regression target; 0 for the pre-contrast phase).
-
-    The means are measured on the stored (noisy) images under the label map, so boundary voxels
-    mix in liver signal; ``lesion_core`` shows how much. A region with no voxels (a small lesion
-    has no core) keeps its rows with ``n_voxels`` 0 and NaN signal: never dropped, never replaced;
-    filter on ``n_voxels > 0`` explicitly. ``case_ids``: a subset (default: every case, in
-    dataset.json order).
-    """
-    import pandas as pd
-
-    rows = []
-    for case_id in index.cases() if case_ids is None else case_ids:
-        case = load_case(index, case_id)
-        record = case.record
-        times = case.phase_times_s
-        phases = index.phase_names
-        for region, mask in region_masks(case.labels, core_erosion).items():
-            n = int(mask.sum())
-            if n:
-                means = case.images[:, mask].astype(np.float64).mean(axis=1)
-                rel = np.concatenate([[0.0], relative_enhancement(case.images, mask, phase_axis=0)])
-            else:
-                means = rel = np.full(len(phases), np.nan)
-            for p, phase in enumerate(phases):
-                rows.append({
-                    "case": case_id, "split": case.split, "class": case.class_id,
-                    "class_name": index.class_names[case.class_id],
-                    "atypical": bool(record.get("atypical", False)), "region": region, "n_voxels": n,
-                    "phase_index": p, "phase": phase, "time_s": float(times[p]),
-                    "signal": float(means[p]), "relative_enhancement": float(rel[p]),
-                })
-    return pd.DataFrame(rows)

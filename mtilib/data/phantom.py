@@ -1,4 +1,4 @@
-"""The seeded DCE-MRI liver phantom (SPEC §2.1): four-phase images whose truth is known.
+"""The seeded DCE-MRI liver phantom (DESIGN §2.1): four-phase images whose truth is known.
 
 A case is built in physical units (millimetres, seconds, mM) on a grid ``partial_volume`` times finer
 than the output in each axis, then averaged down:
@@ -48,8 +48,7 @@ hypovascular HCC without capsule. They are the look-alikes that keep classificat
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,10 +154,6 @@ class PhantomConfig:
     def fov_mm(self) -> tuple[float, float, float]:
         """Field of view (mm) = shape x spacing."""
         return tuple(n * s for n, s in zip(self.shape, self.spacing_mm))
-
-    @property
-    def phase_count(self) -> int:
-        return len(self.phase_times_s)
 
     def with_shape(self, shape) -> PhantomConfig:
         """Same field of view at another matrix size (spacing rescaled)."""
@@ -790,6 +785,207 @@ def _signal(table: physics.KineticTable, times: np.ndarray, p: _Params, cfg: Pha
     return (cfg.signal_scale * physics.spgr_signal(p.m0, r1, cfg.tr_ms, cfg.flip_deg)).astype(np.float32)
 
 
+@dataclass
+class _LesionContext:
+    """What every class pattern draws from: the generator (draw order matters: cases are seeded),
+    the lesion's voxel geometry (``rho`` 0 centre .. 1 boundary, ``depth`` mm below the boundary,
+    ``u`` unit direction), and the liver's parameters around it."""
+
+    rng: np.random.Generator
+    atypical: bool
+    radius: float
+    rho: np.ndarray
+    u: np.ndarray
+    in_lesion: np.ndarray
+    depth: np.ndarray
+    n: int
+    t10: Callable[[str], float]
+    liver: _Params
+    physio: dict
+
+    def tissue(self, **kw) -> _Params:
+        """Parameters of ``n`` voxels, all alike (scalars broadcast)."""
+        return _Params.full(self.n, **kw)
+
+
+def _hemangioma(*, rng, atypical, radius, rho, u, tissue, t10, **_) -> tuple[_Params, str]:
+    """Hemangioma: peripheral nodular enhancement filling in centripetally (flash-filling when small);
+    atypical: sclerosed."""
+    presentation = "typical"
+    base = dict(ktrans=_u(rng, 1.2, 2.0), ve=_u(rng, 0.40, 0.55), vp=_u(rng, 0.15, 0.28),
+                fa=_u(rng, 0.6, 0.8), t10=t10("hemangioma"), m0=TISSUES["hemangioma"].m0)
+    if atypical:
+        # Sclerosed (hyalinised) hemangioma: little vascular space left, slow weak enhancement.
+        presentation = "sclerosed"
+        out = tissue(**{**base, "ktrans": _u(rng, 0.10, 0.25), "vp": _u(rng, 0.01, 0.03),
+                        "ve": _u(rng, 0.3, 0.45), "fa": 0.5})
+        out.delay = _u(rng, 10, 30) * (1 - rho)
+    elif 2 * radius < 20.0 and rng.random() < 0.5:
+        presentation = "flash-filling"
+        out = tissue(**base, delay=_u(rng, 0.0, 3.0))
+    else:
+        out = tissue(**base)
+        # Peripheral nodules: a few directions where blood arrives at once; between them the
+        # periphery waits a little; the arrival delay grows toward the centre (fill-in).
+        n_nodules = int(rng.integers(6, 12))
+        nod_dirs = rng.normal(size=(n_nodules, 3))
+        nod_dirs /= np.linalg.norm(nod_dirs, axis=1, keepdims=True)
+        nod_centres = nod_dirs * rng.uniform(0.82, 0.92, (n_nodules, 1))  # just inside the margin
+        nod_size = _u(rng, 0.12, 0.2)  # in units of the radius
+        position = u * rho[:, None]
+        gap = np.min(np.linalg.norm(position[:, None, :] - nod_centres[None], axis=2), axis=1)
+        nodule = 1.0 - _logistic(gap, nod_size, 0.02)
+        periphery = _logistic(rho, 0.7, 0.04)
+        d_max = _u(rng, 110.0, 190.0)
+        gamma = _u(rng, 0.8, 1.2)
+        rim_wait = _u(rng, 15, 30)
+        out.delay = d_max * (1.0 - np.clip(rho, 0, 1)) ** gamma + (1 - nodule) * periphery * rim_wait
+        out.delay *= 1.0 - nodule * periphery  # nodules at the rim: no extra delay
+        out.vp = out.vp * (1 + 0.4 * nodule * periphery)
+    return out, presentation
+
+
+def _icc(*, rng, atypical, radius, u, depth, tissue, t10, **_) -> tuple[_Params, str]:
+    """Intrahepatic cholangiocarcinoma: an enhancing irregular rim, a fibrous core that fills late;
+    atypical: hypervascular throughout."""
+    presentation = "typical"
+    rim = tissue(ktrans=_u(rng, 1.0, 1.5), ve=_u(rng, 0.2, 0.3), vp=_u(rng, 0.08, 0.12),
+                 fa=_u(rng, 0.7, 0.85), t10=t10("ICC"), m0=TISSUES["ICC"].m0)
+    if atypical:
+        presentation = "hypervascular"
+        out = rim
+        out.ktrans = out.ktrans * 1.3
+        out.fa[:] = _u(rng, 0.8, 0.9)
+    else:
+        core = tissue(ktrans=_u(rng, 0.08, 0.15), ve=_u(rng, 0.45, 0.6), vp=_u(rng, 0.01, 0.03),
+                      fa=0.5, t10=t10("ICC"), m0=TISSUES["ICC"].m0)
+        irregular = _angular_field(rng, 5, (2.0, 4.0))(u)
+        rim_mm = min(_u(rng, 2.5, 5.0), 0.3 * radius) * (1 + 0.35 * irregular)
+        out = rim.blend(core, _logistic(depth, rim_mm, 0.6))
+    return out, presentation
+
+
+def _abscess(*, rng, atypical, radius, rho, u, depth, tissue, t10, liver, in_lesion, **_) -> tuple[_Params, str]:
+    """Abscess: an enhancing wall (sometimes a septum) around non-enhancing fluid, with a transient
+    perilesional hyperaemia halo; atypical: phlegmonous (not yet liquefied)."""
+    presentation = "typical"
+    wall = tissue(ktrans=_u(rng, 0.5, 0.9), ve=_u(rng, 0.25, 0.35), vp=_u(rng, 0.05, 0.09),
+                  fa=_u(rng, 0.5, 0.7), t10=t10("abscess_wall"), m0=TISSUES["abscess_wall"].m0)
+    if atypical:
+        # Phlegmonous (early) abscess: not yet liquefied, heterogeneous enhancement throughout.
+        presentation = "phlegmonous"
+        texture = _angular_field(rng, 6, (2.0, 5.0))(u) * np.cos(rho * _u(rng, 4, 7))
+        out = wall
+        out.ktrans = out.ktrans * (0.7 + 0.3 * texture)
+    else:
+        fluid = tissue(ktrans=0.0, ve=0.0, vp=0.0, fa=0.0, t10=t10("abscess_fluid"),
+                       m0=TISSUES["abscess_fluid"].m0)
+        wall_mm = min(_u(rng, 2.5, 5.0), 0.25 * radius)
+        wall_weight = 1.0 - _logistic(depth, wall_mm, 0.5)
+        if rng.random() < 0.5:  # a septum of a multiloculated ("cluster") abscess, off-centre
+            normal = rng.normal(size=3)
+            normal /= np.linalg.norm(normal)
+            offset = _u(rng, 0.55, 0.75) * radius
+            distance = np.abs((u * rho[:, None]) @ normal * radius - offset)  # mm from the septum plane
+            wall_weight = np.maximum(wall_weight, 1.0 - _logistic(distance, 1.2, 0.4))
+        out = fluid.blend(wall, wall_weight)
+    # Transient perilesional hyperaemia: more arterial supply (fa) in the liver around it.
+    halo_mm = _u(rng, 5.0, 12.0)
+    halo_weight = (~in_lesion) * (1.0 - _logistic((rho - 1.0) * radius, halo_mm * 0.6, halo_mm * 0.15))
+    halo = liver.blend(tissue(ktrans=liver.ktrans[0], ve=liver.ve[0], vp=liver.vp[0] * 1.3,
+                              fa=_u(rng, 0.6, 0.8), t10=liver.t10[0], m0=liver.m0[0]), halo_weight)
+    out = halo.blend(out, in_lesion.astype(float))
+    return out, presentation
+
+
+def _metastasis(*, rng, atypical, radius, u, depth, tissue, t10, **_) -> tuple[_Params, str]:
+    """Metastasis: an irregular enhancing rim around a hypovascular core; atypical: hypervascular."""
+    presentation = "typical"
+    rim = tissue(ktrans=_u(rng, 1.2, 1.8), ve=_u(rng, 0.10, 0.16), vp=_u(rng, 0.06, 0.10),
+                 fa=_u(rng, 0.7, 0.85), t10=t10("metastasis"), m0=TISSUES["metastasis"].m0)
+    if atypical:
+        # Hypervascular metastasis (neuroendocrine, renal): homogeneous arterial, washout.
+        presentation = "hypervascular"
+        out = tissue(ktrans=_u(rng, 1.2, 1.6), ve=_u(rng, 0.10, 0.14), vp=_u(rng, 0.12, 0.18),
+                     fa=_u(rng, 0.8, 0.9), t10=t10("metastasis"), m0=TISSUES["metastasis"].m0)
+    else:
+        core = tissue(ktrans=_u(rng, 0.06, 0.15), ve=_u(rng, 0.30, 0.45), vp=_u(rng, 0.01, 0.03),
+                      fa=_u(rng, 0.3, 0.5), t10=t10("metastasis") * 1.1, m0=TISSUES["metastasis"].m0)
+        irregular = _angular_field(rng, 7, (2.5, 5.0))(u)
+        rim_mm = min(_u(rng, 2.0, 4.0), 0.3 * radius) * (1 + 0.5 * irregular)
+        out = rim.blend(core, _logistic(depth, rim_mm, 0.5))
+    return out, presentation
+
+
+def _cyst(*, rng, atypical, tissue, t10, **_) -> tuple[_Params, str]:
+    """Cyst: no enhancement, long T1; atypical: proteinaceous or haemorrhagic content (short T1)."""
+    presentation = "typical"
+    if atypical:
+        presentation = "proteinaceous"  # haemorrhagic / proteinaceous content: short T1
+        out = tissue(t10=_u(rng, 0.5, 0.9), m0=0.85)
+    else:
+        out = tissue(t10=t10("cyst"), m0=TISSUES["cyst"].m0)
+    return out, presentation
+
+
+def _fnh(*, rng, atypical, radius, rho, u, tissue, t10, liver, physio, **_) -> tuple[_Params, str]:
+    """Focal nodular hyperplasia: strong arterial enhancement, iso in the venous and delayed phases,
+    a central scar with radiating spokes when large; atypical: pseudo-washout."""
+    presentation = "typical"
+    vp = _u(rng, 0.15, 0.22)
+    # Total distribution volume a little above the liver's so that, fed mostly by the artery
+    # (whose plasma level is below the portal one in V), it stays iso in V and D.
+    ve = physio["liver_ve"] + physio["liver_vp"] - vp + _u(rng, 0.03, 0.07)
+    body = tissue(ktrans=_u(rng, 1.6, 2.4), ve=ve, vp=vp, fa=_u(rng, 0.8, 0.92),
+                  t10=liver.t10[0] * _u(rng, 1.02, 1.10), m0=TISSUES["FNH"].m0)
+    if atypical:
+        presentation = "pseudo-washout"  # smaller distribution volume: slightly hypo in V/D
+        body.ve = body.ve * 0.6
+        out = body
+    elif 2 * radius >= 20.0:
+        scar = tissue(ktrans=_u(rng, 0.25, 0.35), ve=_u(rng, 0.6, 0.75), vp=0.01, fa=0.5,
+                      t10=t10("FNH_scar"), m0=TISSUES["FNH_scar"].m0)
+        centre = 1.0 - _logistic(rho, _u(rng, 0.2, 0.3), 0.03)
+        n_spokes = int(rng.integers(3, 6))
+        spokes = rng.normal(size=(n_spokes, 3))
+        spokes /= np.linalg.norm(spokes, axis=1, keepdims=True)
+        along = _logistic((u @ spokes.T).max(axis=1), np.cos(np.deg2rad(9)), 0.01) * (
+            1.0 - _logistic(rho, 0.65, 0.05))
+        out = body.blend(scar, np.maximum(centre, along))
+    else:
+        presentation = "typical (no scar)"
+        out = body
+    return out, presentation
+
+
+def _hcc(*, rng, atypical, radius, rho, u, depth, tissue, t10, **_) -> tuple[_Params, str]:
+    """Hepatocellular carcinoma: arterial hyperenhancement with a mosaic, washout, and a capsule that
+    enhances late; atypical: hypovascular (well differentiated, no capsule)."""
+    presentation = "typical"
+    body = tissue(ktrans=_u(rng, 1.4, 2.0), ve=_u(rng, 0.06, 0.12), vp=_u(rng, 0.16, 0.24),
+                  fa=_u(rng, 0.88, 0.97), t10=t10("HCC"), m0=TISSUES["HCC"].m0)
+    if atypical:
+        presentation = "hypovascular"  # well-differentiated / early HCC, no capsule
+        out = tissue(ktrans=_u(rng, 0.3, 0.5), ve=_u(rng, 0.12, 0.18), vp=_u(rng, 0.03, 0.05),
+                     fa=_u(rng, 0.3, 0.5), t10=t10("HCC"), m0=TISSUES["HCC"].m0)
+    else:
+        mosaic = _angular_field(rng, 6, (2.0, 5.0))(u) * np.cos(rho * _u(rng, 3, 6))
+        body.ktrans = body.ktrans * (1 + 0.15 * mosaic)
+        body.vp = body.vp * (1 + 0.15 * mosaic)
+        capsule = tissue(ktrans=_u(rng, 0.25, 0.40), ve=_u(rng, 0.5, 0.6), vp=0.01, fa=0.4,
+                         t10=t10("HCC_capsule"), m0=TISSUES["HCC_capsule"].m0)
+        capsule_mm = min(_u(rng, 1.5, 2.5), 0.15 * radius)
+        out = body.blend(capsule, 1.0 - _logistic(depth, capsule_mm, 0.3))
+    return out, presentation
+
+
+#: One pattern per class, in the order of the class list (and of the design document).
+_CLASS_PATTERNS: dict[str, Callable[..., tuple[_Params, str]]] = {
+    "hemangioma": _hemangioma, "ICC": _icc, "abscess": _abscess, "metastasis": _metastasis,
+    "cyst": _cyst, "FNH": _fnh, "HCC": _hcc,
+}
+
+
 def _lesion_parameters(cls: int, atypical: bool, lesion: dict, physio: dict,
                        rng: np.random.Generator) -> tuple[_Params, str]:
     """Per-voxel parameters for the lesion and its (abscess) halo: the class-specific patterns.
@@ -807,148 +1003,14 @@ def _lesion_parameters(cls: int, atypical: bool, lesion: dict, physio: dict,
     lesion["varying"] = varying
     rho = lesion["rho"][varying]
     u = lesion["u"][varying]
-    in_lesion = inside[varying]
     depth = (1.0 - rho) * radius
     n = rho.size
     t10 = lambda key: TISSUES[key].t10_s * physio["t10_scale"][key]  # noqa: E731
     liver = _Params.full(n, ktrans=physio["liver_ktrans"], ve=physio["liver_ve"], vp=physio["liver_vp"],
                          fa=physio["liver_fa"], t10=t10("liver"), m0=TISSUES["liver"].m0)
 
-    def tissue(**kw) -> _Params:
-        return _Params.full(n, **kw)
-
-    presentation = "typical"
-    if name == "hemangioma":
-        base = dict(ktrans=_u(rng, 1.2, 2.0), ve=_u(rng, 0.40, 0.55), vp=_u(rng, 0.15, 0.28),
-                    fa=_u(rng, 0.6, 0.8), t10=t10("hemangioma"), m0=TISSUES["hemangioma"].m0)
-        if atypical:
-            # Sclerosed (hyalinised) hemangioma: little vascular space left, slow weak enhancement.
-            presentation = "sclerosed"
-            out = tissue(**{**base, "ktrans": _u(rng, 0.10, 0.25), "vp": _u(rng, 0.01, 0.03),
-                            "ve": _u(rng, 0.3, 0.45), "fa": 0.5})
-            out.delay = _u(rng, 10, 30) * (1 - rho)
-        elif 2 * radius < 20.0 and rng.random() < 0.5:
-            presentation = "flash-filling"
-            out = tissue(**base, delay=_u(rng, 0.0, 3.0))
-        else:
-            out = tissue(**base)
-            # Peripheral nodules: a few directions where blood arrives at once; between them the
-            # periphery waits a little; the arrival delay grows toward the centre (fill-in).
-            n_nodules = int(rng.integers(6, 12))
-            nod_dirs = rng.normal(size=(n_nodules, 3))
-            nod_dirs /= np.linalg.norm(nod_dirs, axis=1, keepdims=True)
-            nod_centres = nod_dirs * rng.uniform(0.82, 0.92, (n_nodules, 1))  # just inside the margin
-            nod_size = _u(rng, 0.12, 0.2)  # in units of the radius
-            position = u * rho[:, None]
-            gap = np.min(np.linalg.norm(position[:, None, :] - nod_centres[None], axis=2), axis=1)
-            nodule = 1.0 - _logistic(gap, nod_size, 0.02)
-            periphery = _logistic(rho, 0.7, 0.04)
-            d_max = _u(rng, 110.0, 190.0)
-            gamma = _u(rng, 0.8, 1.2)
-            rim_wait = _u(rng, 15, 30)
-            out.delay = d_max * (1.0 - np.clip(rho, 0, 1)) ** gamma + (1 - nodule) * periphery * rim_wait
-            out.delay *= 1.0 - nodule * periphery  # nodules at the rim: no extra delay
-            out.vp = out.vp * (1 + 0.4 * nodule * periphery)
-    elif name == "ICC":
-        rim = tissue(ktrans=_u(rng, 1.0, 1.5), ve=_u(rng, 0.2, 0.3), vp=_u(rng, 0.08, 0.12),
-                     fa=_u(rng, 0.7, 0.85), t10=t10("ICC"), m0=TISSUES["ICC"].m0)
-        if atypical:
-            presentation = "hypervascular"
-            out = rim
-            out.ktrans = out.ktrans * 1.3
-            out.fa[:] = _u(rng, 0.8, 0.9)
-        else:
-            core = tissue(ktrans=_u(rng, 0.08, 0.15), ve=_u(rng, 0.45, 0.6), vp=_u(rng, 0.01, 0.03),
-                          fa=0.5, t10=t10("ICC"), m0=TISSUES["ICC"].m0)
-            irregular = _angular_field(rng, 5, (2.0, 4.0))(u)
-            rim_mm = min(_u(rng, 2.5, 5.0), 0.3 * radius) * (1 + 0.35 * irregular)
-            out = rim.blend(core, _logistic(depth, rim_mm, 0.6))
-    elif name == "abscess":
-        wall = tissue(ktrans=_u(rng, 0.5, 0.9), ve=_u(rng, 0.25, 0.35), vp=_u(rng, 0.05, 0.09),
-                      fa=_u(rng, 0.5, 0.7), t10=t10("abscess_wall"), m0=TISSUES["abscess_wall"].m0)
-        if atypical:
-            # Phlegmonous (early) abscess: not yet liquefied, heterogeneous enhancement throughout.
-            presentation = "phlegmonous"
-            texture = _angular_field(rng, 6, (2.0, 5.0))(u) * np.cos(rho * _u(rng, 4, 7))
-            out = wall
-            out.ktrans = out.ktrans * (0.7 + 0.3 * texture)
-        else:
-            fluid = tissue(ktrans=0.0, ve=0.0, vp=0.0, fa=0.0, t10=t10("abscess_fluid"),
-                           m0=TISSUES["abscess_fluid"].m0)
-            wall_mm = min(_u(rng, 2.5, 5.0), 0.25 * radius)
-            wall_weight = 1.0 - _logistic(depth, wall_mm, 0.5)
-            if rng.random() < 0.5:  # a septum of a multiloculated ("cluster") abscess, off-centre
-                normal = rng.normal(size=3)
-                normal /= np.linalg.norm(normal)
-                offset = _u(rng, 0.55, 0.75) * radius
-                distance = np.abs((u * rho[:, None]) @ normal * radius - offset)  # mm from the septum plane
-                wall_weight = np.maximum(wall_weight, 1.0 - _logistic(distance, 1.2, 0.4))
-            out = fluid.blend(wall, wall_weight)
-        # Transient perilesional hyperaemia: more arterial supply (fa) in the liver around it.
-        halo_mm = _u(rng, 5.0, 12.0)
-        halo_weight = (~in_lesion) * (1.0 - _logistic((rho - 1.0) * radius, halo_mm * 0.6, halo_mm * 0.15))
-        halo = liver.blend(tissue(ktrans=liver.ktrans[0], ve=liver.ve[0], vp=liver.vp[0] * 1.3,
-                                  fa=_u(rng, 0.6, 0.8), t10=liver.t10[0], m0=liver.m0[0]), halo_weight)
-        out = halo.blend(out, in_lesion.astype(float))
-    elif name == "metastasis":
-        rim = tissue(ktrans=_u(rng, 1.2, 1.8), ve=_u(rng, 0.10, 0.16), vp=_u(rng, 0.06, 0.10),
-                     fa=_u(rng, 0.7, 0.85), t10=t10("metastasis"), m0=TISSUES["metastasis"].m0)
-        if atypical:
-            # Hypervascular metastasis (neuroendocrine, renal): homogeneous arterial, washout.
-            presentation = "hypervascular"
-            out = tissue(ktrans=_u(rng, 1.2, 1.6), ve=_u(rng, 0.10, 0.14), vp=_u(rng, 0.12, 0.18),
-                         fa=_u(rng, 0.8, 0.9), t10=t10("metastasis"), m0=TISSUES["metastasis"].m0)
-        else:
-            core = tissue(ktrans=_u(rng, 0.06, 0.15), ve=_u(rng, 0.30, 0.45), vp=_u(rng, 0.01, 0.03),
-                          fa=_u(rng, 0.3, 0.5), t10=t10("metastasis") * 1.1, m0=TISSUES["metastasis"].m0)
-            irregular = _angular_field(rng, 7, (2.5, 5.0))(u)
-            rim_mm = min(_u(rng, 2.0, 4.0), 0.3 * radius) * (1 + 0.5 * irregular)
-            out = rim.blend(core, _logistic(depth, rim_mm, 0.5))
-    elif name == "cyst":
-        if atypical:
-            presentation = "proteinaceous"  # haemorrhagic / proteinaceous content: short T1
-            out = tissue(t10=_u(rng, 0.5, 0.9), m0=0.85)
-        else:
-            out = tissue(t10=t10("cyst"), m0=TISSUES["cyst"].m0)
-    elif name == "FNH":
-        vp = _u(rng, 0.15, 0.22)
-        # Total distribution volume a little above the liver's so that, fed mostly by the artery
-        # (whose plasma level is below the portal one in V), it stays iso in V and D.
-        ve = physio["liver_ve"] + physio["liver_vp"] - vp + _u(rng, 0.03, 0.07)
-        body = tissue(ktrans=_u(rng, 1.6, 2.4), ve=ve, vp=vp, fa=_u(rng, 0.8, 0.92),
-                      t10=liver.t10[0] * _u(rng, 1.02, 1.10), m0=TISSUES["FNH"].m0)
-        if atypical:
-            presentation = "pseudo-washout"  # smaller distribution volume: slightly hypo in V/D
-            body.ve = body.ve * 0.6
-            out = body
-        elif 2 * radius >= 20.0:
-            scar = tissue(ktrans=_u(rng, 0.25, 0.35), ve=_u(rng, 0.6, 0.75), vp=0.01, fa=0.5,
-                          t10=t10("FNH_scar"), m0=TISSUES["FNH_scar"].m0)
-            centre = 1.0 - _logistic(rho, _u(rng, 0.2, 0.3), 0.03)
-            n_spokes = int(rng.integers(3, 6))
-            spokes = rng.normal(size=(n_spokes, 3))
-            spokes /= np.linalg.norm(spokes, axis=1, keepdims=True)
-            along = _logistic((u @ spokes.T).max(axis=1), np.cos(np.deg2rad(9)), 0.01) * (
-                1.0 - _logistic(rho, 0.65, 0.05))
-            out = body.blend(scar, np.maximum(centre, along))
-        else:
-            presentation = "typical (no scar)"
-            out = body
-    else:  # HCC
-        body = tissue(ktrans=_u(rng, 1.4, 2.0), ve=_u(rng, 0.06, 0.12), vp=_u(rng, 0.16, 0.24),
-                      fa=_u(rng, 0.88, 0.97), t10=t10("HCC"), m0=TISSUES["HCC"].m0)
-        if atypical:
-            presentation = "hypovascular"  # well-differentiated / early HCC, no capsule
-            out = tissue(ktrans=_u(rng, 0.3, 0.5), ve=_u(rng, 0.12, 0.18), vp=_u(rng, 0.03, 0.05),
-                         fa=_u(rng, 0.3, 0.5), t10=t10("HCC"), m0=TISSUES["HCC"].m0)
-        else:
-            mosaic = _angular_field(rng, 6, (2.0, 5.0))(u) * np.cos(rho * _u(rng, 3, 6))
-            body.ktrans = body.ktrans * (1 + 0.15 * mosaic)
-            body.vp = body.vp * (1 + 0.15 * mosaic)
-            capsule = tissue(ktrans=_u(rng, 0.25, 0.40), ve=_u(rng, 0.5, 0.6), vp=0.01, fa=0.4,
-                             t10=t10("HCC_capsule"), m0=TISSUES["HCC_capsule"].m0)
-            capsule_mm = min(_u(rng, 1.5, 2.5), 0.15 * radius)
-            out = body.blend(capsule, 1.0 - _logistic(depth, capsule_mm, 0.3))
+    ctx = _LesionContext(rng, atypical, radius, rho, u, inside[varying], depth, n, t10, liver, physio)
+    out, presentation = _CLASS_PATTERNS[name](**vars(ctx), tissue=ctx.tissue)
     out.delay = np.broadcast_to(out.delay, (n,)).astype(float)
     return out, presentation
 
@@ -981,39 +1043,3 @@ def _rigid_motion(volume: np.ndarray, cfg: PhantomConfig, rng: np.random.Generat
     matrix = np.diag(1 / spacing) @ rot.T @ np.diag(spacing)
     offset = centre - matrix @ centre - np.diag(1 / spacing) @ rot.T @ shift_mm
     return ndimage.affine_transform(volume, matrix, offset=offset, order=1, mode="nearest").astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark
-# --------------------------------------------------------------------------------------------
-
-
-def benchmark_generation(repeats: int = 5, dataset_cases: int = 238, dataset_preset: str = "samples",
-                         seed: int = 0) -> dict:
-    """Time the generator: one ``default`` case (median of ``repeats``) and a whole data set.
-
-    The data set of ``dataset_cases`` cases is generated for real with ``dataset_preset``; its time
-    at the default size is an extrapolation (median default case x cases) and labelled as such.
-    """
-    default = PhantomConfig.preset("default")
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        generate_case(derive_seed(seed, i), i % len(CLASS_NAMES), default)
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times))
-    cfg = PhantomConfig.preset(dataset_preset)
-    t0 = time.perf_counter()
-    for i in range(dataset_cases):
-        generate_case(derive_seed(seed, i), i % len(CLASS_NAMES), cfg)
-    dataset_s = time.perf_counter() - t0
-    return {
-        "default_case_median_s": median,
-        "default_case_times_s": times,
-        "dataset_cases": dataset_cases,
-        f"dataset_{dataset_preset}_measured_s": dataset_s,
-        f"dataset_{dataset_preset}_case_mean_s": dataset_s / dataset_cases,
-        "dataset_default_extrapolated_s": median * dataset_cases,
-        "note": f"{dataset_cases} '{dataset_preset}' cases measured; the default-size data set time is "
-                "extrapolated from the median default case.",
-    }

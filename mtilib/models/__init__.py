@@ -25,5 +25,5 @@ def build_discriminator(config: ModelConfig) -> TaskDrivenDiscriminator | None:
         return None
     return TaskDrivenDiscriminator(
         config.num_classes, config.phases * config.descriptor_dim, config.tdd_dim, config.tdd_layers,
-        config.tdd_heads,
+        config.tdd_heads, config.transformer_dropout,
     )

@@ -1,4 +1,4 @@
-"""Baselines (SPEC §3): the early-fusion U-Net, single-task networks, plain multi-task network.
+"""Baselines (DESIGN §3): the early-fusion U-Net, single-task networks, plain multi-task network.
 
 The single-task and plain multi-task networks are :class:`MTINet` configurations (see
 :func:`baseline_config`), so that every comparison changes one thing at a time.
@@ -21,10 +21,8 @@ class EarlyFusionUNet(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
-        config = config or ModelConfig(arch="unet", tasks=("seg",), mdief=False, transformer=False,
-                                       tim=False, tdd=False)
-        if overrides:
-            config = ModelConfig(**{**config.to_dict(), **overrides})
+        config = (config or ModelConfig(arch="unet", tasks=("seg",), mdief=False, transformer=False,
+                                        tim=False, tdd=False)).with_overrides(**overrides)
         self.config = config
         self.encoder = Encoder(config.phases, config.widths, config.blocks_per_stage)
         self.decoder = Decoder(config.widths)

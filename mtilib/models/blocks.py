@@ -183,7 +183,12 @@ class TimeEncoding(nn.Module):
 
 
 class MLP(nn.Sequential):
-    """Linear -> SiLU -> Dropout -> Linear."""
+    """Linear -> activation -> Dropout -> Linear (-> activation with ``activate_output``).
 
-    def __init__(self, cin: int, hidden: int, cout: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(cin, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+    ``(..., cin) -> (..., cout)``; parameters ``0.*`` and ``3.*`` whatever the options.
+    """
+
+    def __init__(self, cin: int, hidden: int, cout: int, dropout: float = 0.0, activation=nn.SiLU,
+                 activate_output: bool = False):
+        layers = [nn.Linear(cin, hidden), activation(), nn.Dropout(dropout), nn.Linear(hidden, cout)]
+        super().__init__(*layers, *([activation()] if activate_output else []))

@@ -1,4 +1,4 @@
-"""TDD, the Task-Driven Discriminator (SPEC §3.7).
+"""TDD, the Task-Driven Discriminator (DESIGN §3.7).
 
 A small Transformer judges whether a (enhancement curve, class probabilities) pair looks like a
 real annotation given the image region. Tokens: [CLS]; one token per post-contrast phase (its
@@ -24,7 +24,8 @@ class TaskDrivenDiscriminator(nn.Module):
     read them that way).
     """
 
-    def __init__(self, num_classes: int, context_dim: int, dim: int = 64, layers: int = 2, heads: int = 4):
+    def __init__(self, num_classes: int, context_dim: int, dim: int = 64, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.0):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.enhancement_in = nn.Linear(1, dim)
@@ -32,7 +33,7 @@ class TaskDrivenDiscriminator(nn.Module):
         self.class_in = nn.Linear(num_classes, dim)
         self.context_in = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, dim))
         self.type_embedding = nn.Embedding(4, dim)  # 0 CLS, 1 phase, 2 class, 3 context
-        self.layers = nn.ModuleList(PreNormLayer(dim, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(PreNormLayer(dim, heads, dropout=dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.score = nn.Linear(dim, 1)
         nn.init.normal_(self.cls_token, std=0.02)
@@ -48,21 +49,21 @@ class TaskDrivenDiscriminator(nn.Module):
         cls = self.cls_token.expand(b, -1, -1) + types[0]
         return torch.cat([cls, phase_tokens, class_token, context_token], dim=1)
 
-    def forward(self, enhancement, class_probs, times_s, context):
-        tokens = self.tokens(enhancement, class_probs, times_s, context)
-        for layer in self.layers:
-            tokens, _ = layer(tokens)
-        return self.score(self.norm(tokens[:, 0])).squeeze(-1)
-
-    @torch.no_grad()
-    def last_attention(self, enhancement, class_probs, times_s, context) -> torch.Tensor:
-        """Attention of the last layer, averaged over heads: ``(B, T, T)``, rows = queries
-        (row 0: what [CLS], which makes the score, looks at), tokens as in :func:`token_names`."""
+    def forward(self, enhancement, class_probs, times_s, context, return_attention: bool = False):
+        """Scores ``(B,)``; with ``return_attention`` also the last layer's attention averaged over
+        heads, ``(B, T, T)`` (rows = queries, tokens as in :func:`token_names`)."""
         tokens = self.tokens(enhancement, class_probs, times_s, context)
         weights = None
         for i, layer in enumerate(self.layers):
-            tokens, weights = layer(tokens, need_weights=i == len(self.layers) - 1)
-        return weights.float()
+            tokens, weights = layer(tokens, need_weights=return_attention and i == len(self.layers) - 1)
+        score = self.score(self.norm(tokens[:, 0])).squeeze(-1)
+        return (score, weights.float()) if return_attention else score
+
+    @torch.no_grad()
+    def last_attention(self, enhancement, class_probs, times_s, context) -> torch.Tensor:
+        """Attention of the last layer, averaged over heads: ``(B, T, T)`` (row 0: what [CLS],
+        which makes the score, looks at)."""
+        return self.forward(enhancement, class_probs, times_s, context, return_attention=True)[1]
 
 
 def token_names(post_phases=PHASES[1:]) -> list[str]:

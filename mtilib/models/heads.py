@@ -1,4 +1,4 @@
-"""Task heads (SPEC §3.6)."""
+"""Task heads (DESIGN §3.6)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,7 @@ class RegressionHead(nn.Module):
     def __init__(self, phases: int, descriptor_dim: int, pooled_dim: int, hidden: int = 64,
                  dropout: float = 0.0):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(phases * descriptor_dim + pooled_dim, hidden), nn.SiLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-        )
+        self.body = MLP(phases * descriptor_dim + pooled_dim, hidden, hidden, dropout, activate_output=True)
         self.out = nn.Linear(hidden, phases - 1)
 
     def forward(self, descriptors: torch.Tensor, pooled: torch.Tensor):

@@ -1,4 +1,4 @@
-"""MdIEF: Multi-domain Information Entropy Fusion of the per-phase feature maps (SPEC §3.3).
+"""MdIEF: Multi-domain Information Entropy Fusion of the per-phase feature maps (DESIGN §3.3).
 
 Our reading of the paper's abstract: three branches look at the P phase maps of one skip level
 from three domains, and each branch's *spectral entropy* decides, per channel, how much it counts.
@@ -22,6 +22,9 @@ from torch import nn
 from mtilib.models.blocks import ConvNormAct, gaussian_highpass, haar_dwt2d, spectral_entropy
 
 BRANCHES = ("spatial", "frequency", "wavelet")
+#: Initial softmax temperature τ of the branch weights: entropies of feature maps differ by a few
+#: hundredths, so a small τ is needed for the weights to move away from uniform at all.
+INITIAL_TEMPERATURE = 0.1
 
 
 def entropy_weights(entropy: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
@@ -54,15 +57,14 @@ class MdIEF(nn.Module):
     :data:`BRANCHES`). ``highpass_sigma`` is the Gaussian width in cycles/pixel.
     """
 
-    def __init__(self, channels: int, phases: int, highpass_sigma: float = 0.1, init_temperature: float = 0.1):
+    def __init__(self, channels: int, phases: int, highpass_sigma: float = 0.1):
         super().__init__()
         self.highpass_sigma = highpass_sigma
         self.spatial = nn.Conv2d(phases * channels, channels, 1)
         self.frequency = nn.Conv2d(phases * channels, channels, 1)
         self.wavelet = nn.Conv2d(3 * phases * channels, channels, 1)
-        # log-parameterised so τ stays positive; entropies differ by a few hundredths, so a small
-        # initial τ is needed for the weights to move away from uniform at all.
-        self.log_temperature = nn.Parameter(torch.tensor(float(init_temperature)).log())
+        # log-parameterised so τ stays positive
+        self.log_temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE).log())
         self.post = ConvNormAct(channels, channels, kernel=3)
 
     @property

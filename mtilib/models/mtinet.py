@@ -1,4 +1,4 @@
-"""MTI-Net assembled from its modules (SPEC §3).
+"""MTI-Net assembled from its modules (DESIGN §3).
 
 ``x (B, P, H, W)`` phase images, ``times_s (B, P)`` -> :class:`MTIOutput`.
 
@@ -55,9 +55,11 @@ class ModelConfig:
     transformer_layers: int = 2
     transformer_heads: int = 4
     descriptor_dim: int = 32
-    head_hidden: int = 64
+    head_hidden: int = 64  # hidden width of the regression head (its embedding feeds TIM's FiLM)
+    cls_hidden: int = 128  # hidden width of the classification head
     highpass_sigma: float = 0.1
-    dropout: float = 0.1
+    dropout: float = 0.1  # in the task heads
+    transformer_dropout: float = 0.0  # in the phase Transformer and the TDD
     tdd_dim: int = 64
     tdd_layers: int = 2
     tdd_heads: int = 4
@@ -75,16 +77,21 @@ class ModelConfig:
             raise ValueError("TIM links segmentation and regression: it needs tasks 'seg' and 'reg'")
         if self.tdd and not {"reg", "cls"} <= set(self.tasks):
             raise ValueError("TDD judges regression and classification together: it needs 'reg' and 'cls'")
+        # the bottleneck has 8·width channels, split over the Transformer's heads
         if self.width % 2 or (8 * self.width) % self.transformer_heads:
             raise ValueError(f"width {self.width} must be even and 8·width divisible by the heads")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_overrides(self, **overrides) -> ModelConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return ModelConfig(**{**self.to_dict(), **overrides}) if overrides else self
+
     def architecture(self) -> dict:
         """The fields that shape the weights (everything but training-time regularisation):
         two configs with equal architectures can exchange state dicts."""
-        return {k: v for k, v in self.to_dict().items() if k != "dropout"}
+        return {k: v for k, v in self.to_dict().items() if k not in ("dropout", "transformer_dropout")}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -178,15 +185,14 @@ class MTINet(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
         super().__init__()
-        config = config or ModelConfig()
-        if overrides:
-            config = ModelConfig(**{**config.to_dict(), **overrides})
+        config = (config or ModelConfig()).with_overrides(**overrides)
         self.config = config
         c = config
         w1, w2, w3, w4 = c.widths
         self.encoder = Encoder(1, c.widths, c.blocks_per_stage)
         self.phase_mixer = (
-            PhaseTransformer(w4, c.transformer_layers, c.transformer_heads) if c.transformer else PhaseMean()
+            PhaseTransformer(w4, c.transformer_layers, c.transformer_heads, c.transformer_dropout)
+            if c.transformer else PhaseMean()
         )
         self.has_seg = "seg" in c.tasks
         if self.has_seg:
@@ -208,7 +214,7 @@ class MTINet(nn.Module):
         if "cls" in c.tasks:
             self.cls_head = ClassificationHead(
                 c.phases, c.descriptor_dim, w4, c.num_classes, use_enhancement="reg" in c.tasks,
-                dropout=c.dropout,
+                hidden=c.cls_hidden, dropout=c.dropout,
             )
 
     def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:

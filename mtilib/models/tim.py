@@ -1,4 +1,4 @@
-"""TIM, the Task Interaction Module (SPEC §3.5 a–b; the consistency loss (c) is in ``losses``).
+"""TIM, the Task Interaction Module (DESIGN §3.5 a–b; the consistency loss (c) is in ``losses``).
 
 (a) seg -> reg: the preliminary lesion probability ``s0`` pools each phase's encoder features
     into one region descriptor per phase (mask-attention pooling). Besides the features, each
@@ -20,8 +20,12 @@ from torch import nn
 
 from mtilib.data.enhancement import relative_enhancement
 
+#: Added to a mask's total weight before dividing by it: a slice where the preliminary mask is
+#: (numerically) empty gives zero descriptors instead of 0/0.
+MASK_EPS = 1e-6
 
-def mask_pool(feats: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+
+def mask_pool(feats: torch.Tensor, mask: torch.Tensor, eps: float = MASK_EPS) -> torch.Tensor:
     """Mask-weighted mean of each phase's feature maps.
 
     ``feats (B, P, C, h, w)``, ``mask (B, 1, H, W)`` in [0, 1] (resized to h×w by area averaging)
@@ -59,7 +63,7 @@ class TaskInteraction(nn.Module):
         mask = mask.float()
         pooled = [mask_pool(f.float(), mask) for f in feats]
         images32 = images.float()
-        intensity = (images32 * mask).sum((-2, -1)) / (mask.sum((-2, -1)) + 1e-6)  # (B, P)
+        intensity = (images32 * mask).sum((-2, -1)) / (mask.sum((-2, -1)) + MASK_EPS)  # (B, P)
         measured = relative_enhancement(images32, mask[:, 0], phase_axis=1)  # (B, P-1)
         enhancement_per_phase = torch.cat([measured.new_zeros(b, 1), measured], dim=1)
         stats = torch.stack([intensity, enhancement_per_phase], dim=-1)  # (B, P, 2)

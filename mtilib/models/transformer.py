@@ -1,4 +1,4 @@
-"""The shallow phase Transformer at the bottleneck (SPEC §3.2).
+"""The shallow phase Transformer at the bottleneck (DESIGN §3.2).
 
 At every spatial position the P phase features form a sequence of P tokens. A time encoding of
 each phase's acquisition time (seconds, not the phase *index*) is added, two pre-norm Transformer
@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from mtilib.models.blocks import TimeEncoding
+from mtilib.models.blocks import MLP, TimeEncoding
 
 
 class PreNormLayer(nn.Module):
@@ -25,9 +25,7 @@ class PreNormLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim)
-        )
+        self.mlp = MLP(dim, mlp_ratio * dim, dim, dropout, activation=nn.GELU)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.norm1(x)
@@ -84,7 +82,9 @@ class PhaseTransformer(nn.Module):
         aux = {"phase_pool_weights": pool_weights.reshape(b, h * w, p).float().mean(1)}
         if attention is not None:
             aux["phase_attention"] = attention.reshape(b, h * w, p, p).float().mean(1)
-        return per_phase.contiguous(), summary.contiguous(), aux
+        # per_phase is returned as a view (MTI-Net discards it; notebook 07 reads it to show the
+        # layer's equivariance); the summary feeds the convolutional decoder, which wants it dense.
+        return per_phase, summary.contiguous(), aux
 
 
 class PhaseMean(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from mtilib.models import build_discriminator
 from mtilib.train.config import TrainConfig
-from mtilib.train.loop import adversarial_weight, discriminator_step, generator_adversarial_term, smooth_one_hot
+from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term, smooth_one_hot
 
 #: Keys of :func:`lesion_slice_outputs` that the game needs.
 GAME_KEYS = ("descriptors", "pooled", "times", "class_id", "enhancement")

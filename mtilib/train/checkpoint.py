@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §4): atomic writes, full training state, safe loading.
+"""Checkpoints (DESIGN §4): atomic writes, full training state, safe loading.
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)`` (no arbitrary code runs when a student opens a file from

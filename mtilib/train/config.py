@@ -1,4 +1,4 @@
-"""One config object for a run (SPEC §4): dataclasses with a YAML round trip and presets.
+"""One config object for a run (DESIGN §4): dataclasses with a YAML round trip and presets.
 
 ``TrainConfig.preset("quick" | "course" | "paper")``; ``cfg.to_yaml(path)``;
 ``TrainConfig.from_yaml(path)``. Unknown keys in a YAML file are an error (a typo must not be
@@ -8,6 +8,8 @@ silently ignored).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +89,7 @@ class TrainConfig:
     @classmethod
     def preset(cls, name: str) -> TrainConfig:
         """``quick``: CI and QUICK notebooks (seconds). ``course``: the shipped checkpoint, about
-        half an hour on 2 CPU cores. ``paper``: full size (SPEC widths, 128² slices) for a GPU."""
+        half an hour on 2 CPU cores. ``paper``: full size (DESIGN §3 widths, 128² slices) for a GPU."""
         if name == "quick":
             return cls(
                 name="quick",
@@ -164,6 +166,7 @@ def _build(cls, data: dict, where: str):
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -171,5 +174,33 @@ def _build(cls, data: dict, where: str):
         value = data[f.name]
         if isinstance(value, list):  # YAML has no tuples
             value = tuple(value)
+        if not _type_fits(value, hints[f.name]):
+            raise ValueError(f"{where}.{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _type_fits(value, hint) -> bool:
+    """Whether a config value read from YAML fits a field's annotation (``epochs: "30"`` does not
+    fit ``int``; an int fits ``float``; a bool fits neither)."""
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, tuple) and all(_type_fits(v, args[0]) for v in value) if args else True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

@@ -1,4 +1,4 @@
-"""Per-case inference and evaluation (SPEC §2.3, §4).
+"""Per-case inference and evaluation (DESIGN §2.3, §4).
 
 A case is cut into all of its axial slices (no liver mask needed), the network runs on batches of
 slices, logits are resized back to the case's in-plane size, slices are stitched into a 3D label

@@ -1,4 +1,4 @@
-"""The adversarial multi-task training loop (SPEC §4). Read it top to bottom:
+"""The adversarial multi-task training loop (DESIGN §4). Read it top to bottom:
 
 config -> distributed set-up -> data -> model, discriminator, optimisers -> resume -> for each
 epoch: train (network step, then discriminator step), validate per case, checkpoint, history.
@@ -20,21 +20,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from mtilib.data.dataset import CaseVolume, SliceDataset, split_cases
 from mtilib.data.io import load_case, read_dataset
-from mtilib.losses import discriminator_loss, generator_adversarial_loss, multitask_loss
+from mtilib.losses import multitask_loss
 from mtilib.metrics import headline_metrics
 from mtilib.models import build_discriminator, build_model
 from mtilib.runtime import autocast, gather_rng_states, restore_rng_states, seed_everything, select_device, versions
 from mtilib.train.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from mtilib.train.config import TrainConfig
 from mtilib.train.fastpath import choose_fast_paths
+from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term
 from mtilib.train.inference import evaluate_cases, validation_score
+
+#: Seed offset per epoch when a run is resumed with another number of processes (a prime well
+#: above any rank count, so that (rank, epoch) pairs never share a seed).
+RESEED_STRIDE = 1_000_003
 
 
 @dataclass
@@ -74,11 +78,6 @@ def init_distributed(device_spec: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def _unwrap(module):
-    module = getattr(module, "_orig_mod", module)  # torch.compile
-    return module.module if isinstance(module, DDP) else module
-
-
 # --- data ---------------------------------------------------------------------------------------------
 
 def load_volumes(data_root: str | Path, split: str = "train") -> list[CaseVolume]:
@@ -116,20 +115,6 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
         return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def adversarial_weight(cfg: TrainConfig, epoch_progress: float) -> float:
-    """λ_adv at a point of training (in epochs): 0 during warm-up, then a linear ramp."""
-    adv = cfg.adversarial
-    if epoch_progress < adv.warmup_epochs:
-        return 0.0
-    ramp = 1.0 if adv.ramp_epochs <= 0 else min(1.0, (epoch_progress - adv.warmup_epochs) / adv.ramp_epochs)
-    return cfg.loss.adv * ramp
-
-
-def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    onehot = F.one_hot(labels, num_classes).float()
-    return onehot * (1 - smoothing) + smoothing / num_classes
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -198,25 +183,9 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    trainables = Trainables(model, disc, optimizer, d_optimizer, scheduler)
     if resume and last_path.exists():
-        # Load to the CPU: RNG states must stay CPU byte tensors, and load_state_dict /
-        # Optimizer.load_state_dict copy the rest to wherever the parameters live.
-        state = load_checkpoint(last_path, map_location="cpu")
-        saved_cfg = TrainConfig.from_dict(state["config"])
-        if saved_cfg.model.to_dict() != cfg.model.to_dict():
-            raise ValueError(f"{last_path}: was trained with another model config; cannot resume")
-        load_state_dict_checked(model, state["model"], last_path, "network")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if disc is not None:
-            load_state_dict_checked(disc, state["discriminator"], last_path, "discriminator")
-            d_optimizer.load_state_dict(state["d_optimizer"])
-        if not restore_rng_states(state["rng"], rank, world, device):
-            say(f"[train] {last_path} was written by another number of processes: random streams "
-                f"reseeded, so the continuation is not bit-identical")
-            seed_everything(cfg.seed + rank + 1_000_003 * (state["epoch"] + 1), cfg.deterministic)
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
-        history = json.loads(state["history"])
+        start_epoch, best_score, best_epoch, history = trainables.restore(last_path, cfg, rank, world, device, say)
         say(f"[train] resumed from {last_path} after epoch {start_epoch}/{cfg.optim.epochs}")
     elif resume:
         say(f"[train] no {last_path} yet: starting from scratch")
@@ -327,21 +296,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             improved = score > best_score
             if improved:
                 best_score, best_epoch = score, epoch + 1
-            state = {
-                "config": cfg.to_dict(),
-                "model": model.state_dict(),
-                "discriminator": disc.state_dict() if disc is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "d_optimizer": d_optimizer.state_dict() if d_optimizer is not None else None,
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "rng": rng_states,
-                "history": json.dumps(history),
-                "versions": versions(),
-                "val_summary": json.dumps(last_summary),
-            }
+            state = trainables.state(cfg, epoch, best_score, best_epoch, history, rng_states, last_summary)
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
@@ -359,6 +314,58 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     return RunResult(out_dir, best_score, best_epoch, history, last_summary)
 
 
+@dataclass
+class Trainables:
+    """What a checkpoint saves and a resume restores, as one save/restore pair."""
+
+    model: torch.nn.Module
+    disc: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    d_optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def state(self, cfg: TrainConfig, epoch: int, best_score: float, best_epoch: int, history: list[dict],
+              rng_states: dict, val_summary: dict) -> dict:
+        """The checkpoint of ``epoch`` (0-based): tensors and plain values only (``weights_only``)."""
+        return {
+            "config": cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "discriminator": self.disc.state_dict() if self.disc is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "rng": rng_states,
+            "history": json.dumps(history),
+            "versions": versions(),
+            "val_summary": json.dumps(val_summary),
+        }
+
+    def restore(self, path: Path, cfg: TrainConfig, rank: int, world: int, device: torch.device, say
+                ) -> tuple[int, float, int, list[dict]]:
+        """Load :meth:`state` from ``path`` -> ``(next epoch, best score, best epoch, history)``."""
+        # Load to the CPU: RNG states must stay CPU byte tensors, and load_state_dict /
+        # Optimizer.load_state_dict copy the rest to wherever the parameters live.
+        state = load_checkpoint(path, map_location="cpu")
+        saved_cfg = TrainConfig.from_dict(state["config"])
+        if saved_cfg.model.to_dict() != cfg.model.to_dict():
+            raise ValueError(f"{path}: was trained with another model config; cannot resume")
+        load_state_dict_checked(self.model, state["model"], path, "network")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.disc is not None:
+            load_state_dict_checked(self.disc, state["discriminator"], path, "discriminator")
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        if not restore_rng_states(state["rng"], rank, world, device):
+            say(f"[train] {path} was written by another number of processes: random streams "
+                f"reseeded, so the continuation is not bit-identical")
+            # a fresh stream per (rank, epoch), apart from the streams of a run started anew
+            seed_everything(cfg.seed + rank + RESEED_STRIDE * (state["epoch"] + 1), cfg.deterministic)
+        return state["epoch"] + 1, state["best_score"], state["best_epoch"], json.loads(state["history"])
+
+
 def _init_from(cfg: TrainConfig, model, disc) -> None:
     """Fine-tuning: load network (and discriminator, when both have one) weights, not the optimiser."""
     path = cfg.init_checkpoint
@@ -369,50 +376,6 @@ def _init_from(cfg: TrainConfig, model, disc) -> None:
     load_state_dict_checked(model, state["model"], path, "network")
     if disc is not None and state.get("discriminator") is not None:
         load_state_dict_checked(disc, state["discriminator"], path, "discriminator")
-
-
-def _noisy_score(disc, enhancement, probs, times, context, noise: float) -> torch.Tensor:
-    """D's score of (enhancement, probs) pairs with instance noise added to both (noise drawn for
-    the enhancement first, then for the probabilities)."""
-    return disc(enhancement + noise * torch.randn_like(enhancement), probs + noise * torch.randn_like(probs),
-                times, context)
-
-
-def generator_adversarial_term(cfg: TrainConfig, disc, enhancement, probs, times, context) -> torch.Tensor:
-    """G's adversarial loss: the frozen D scores G's (ê, p) pairs with instance noise added
-    (``cfg.adversarial.instance_noise``); ``cfg.adversarial.kind`` picks the objective. The
-    gradient reaches G through ``enhancement`` and ``probs``, never D's weights."""
-    disc.requires_grad_(False)
-    try:
-        score = _noisy_score(disc, enhancement, probs, times, context, cfg.adversarial.instance_noise)
-    finally:
-        disc.requires_grad_(True)
-    return generator_adversarial_loss(score, cfg.adversarial.kind)
-
-
-def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion_index, fake) -> torch.Tensor:
-    """One update of D on (real, fake) pairs of the batch's lesion slices; returns D's loss (detached).
-
-    ``lesion_index (L,)``: the batch rows that show a lesion (integer indices, so that selecting
-    them needs no device-to-host sync). A batch without lesion slices still runs D on all its
-    samples with a zero-weighted loss: under DDP every process must take part in the same gradient
-    all-reduce, or the others wait forever.
-    """
-    any_lesion = lesion_index.numel() > 0
-    use = lesion_index if any_lesion else torch.arange(batch["times"].shape[0], device=batch["times"].device)
-    enhancement, probs, context = (t.detach()[use] for t in fake)
-    times = batch["times"][use]
-    noise = cfg.adversarial.instance_noise
-    real_p = smooth_one_hot(batch["class_id"][use].clamp_min(0), probs.shape[1], cfg.adversarial.real_label_smoothing)
-    score_real = _noisy_score(g_disc, batch["enhancement"][use], real_p, times, context, noise)
-    score_fake = _noisy_score(g_disc, enhancement, probs, times, context, noise)
-    d_loss = discriminator_loss(score_real, score_fake, cfg.adversarial.kind)
-    if not any_lesion:
-        d_loss = d_loss * 0.0
-    d_optimizer.zero_grad(set_to_none=True)
-    d_loss.backward()
-    d_optimizer.step()
-    return d_loss.detach()
 
 
 def _epoch_line(record: dict, epochs: int, improved: bool) -> str:

@@ -11,7 +11,6 @@ from mtilib.data.enhancement import relative_enhancement
 from mtilib.data.phantom import (
     PRESETS,
     PhantomConfig,
-    benchmark_generation,
     derive_seed,
     generate_case,
     generate_cases,
@@ -185,12 +184,6 @@ def test_generate_cases_balances_classes_and_derives_seeds():
     np.testing.assert_array_equal(generate_cases(2, seed=4, config=QUICK)[1].images, cases[1].images)
 
 
-def test_benchmark_reports_measured_and_extrapolated_times():
-    result = benchmark_generation(repeats=1, dataset_cases=2, dataset_preset="quick")
-    assert result["default_case_median_s"] > 0 and result["dataset_quick_measured_s"] > 0
-    assert "extrapolated" in result["note"]
-
-
 # ---------------------------------------------------------------- class signatures, measured on images
 
 SIGNATURE_CONFIG = PhantomConfig.preset("default", lesion_diameter_mm=(30.0, 55.0), atypical_rate=0.0,
@@ -283,3 +276,50 @@ def test_metastasis_rim_washout_and_hypoenhancing_core(signatures):
         assert m["rim"][A] > m["core"][A]
         assert re["rim"][2] < re["rim"][0]  # peripheral washout ...
         assert re["core"][2] > re["core"][0]  # ... while the core slowly fills
+
+
+# ---------------------------------------------------------------- class patterns: draw order pinned
+
+#: (class id, presentation, low 32 bits of the PCG64 state after the class pattern drew its
+#: parameters) for ``generate_case(1000 + k, k % 7, quick preset, atypical_rate 0.5)``, k = 0..27.
+#: Recorded when the seven-way if/elif became one function per class (cases were bit-identical
+#: before and after). The generator's state depends only on which draws were made, in which order,
+#: not on floating-point details, so this holds on every CPU: a reordered draw changes every case
+#: that follows and shows up here.
+PINNED_DRAWS = [
+    (0, "typical", 1120785247), (1, "typical", 4137072148), (2, "phlegmonous", 2489035092),
+    (3, "hypervascular", 2896279197), (4, "proteinaceous", 1569174698), (5, "pseudo-washout", 1211413076),
+    (6, "hypovascular", 307431787), (0, "typical", 262093829), (1, "hypervascular", 130989406),
+    (2, "phlegmonous", 3254052977), (3, "hypervascular", 3268596851), (4, "typical", 790789037),
+    (5, "pseudo-washout", 626716777), (6, "typical", 3607796490), (0, "sclerosed", 3055167090),
+    (1, "hypervascular", 1778551704), (2, "typical", 1393142801), (3, "typical", 2253214612),
+    (4, "proteinaceous", 3185944855), (5, "pseudo-washout", 989155656), (6, "typical", 105334910),
+    (0, "typical", 3008027958), (1, "typical", 1289997657), (2, "typical", 129866433),
+    (3, "typical", 93004319), (4, "proteinaceous", 4184954161), (5, "pseudo-washout", 2396373025),
+    (6, "typical", 3206118525),
+]
+
+
+def test_class_patterns_draw_in_the_pinned_order(monkeypatch):
+    from mtilib.data import phantom
+
+    records = []
+    real = phantom._lesion_parameters
+
+    def spy(cls, atypical, lesion, physio, rng):
+        out = real(cls, atypical, lesion, physio, rng)
+        records.append((cls, out[1], rng.bit_generator.state["state"]["state"] % 2**32))
+        return out
+
+    monkeypatch.setattr(phantom, "_lesion_parameters", spy)
+    config = PhantomConfig.preset("quick", atypical_rate=0.5)
+    for k in range(28):
+        generate_case(1000 + k, k % 7, config)
+    assert records == PINNED_DRAWS
+
+
+def test_every_class_has_its_own_pattern_function_in_class_order():
+    from mtilib.data import phantom
+
+    assert list(phantom._CLASS_PATTERNS) == list(CLASS_NAMES)
+    assert len({f.__name__ for f in phantom._CLASS_PATTERNS.values()}) == len(CLASS_NAMES)

@@ -5,8 +5,9 @@ import pytest
 
 from mtilib.constants import PHASES
 from mtilib.data.enhancement import relative_enhancement
-from mtilib.data.io import SIGNAL_REGIONS, load_case, region_masks, signal_table, write_dataset
+from mtilib.data.io import load_case, write_dataset
 from mtilib.data.phantom import PhantomConfig, generate_cases
+from mtilib.data.signals import SIGNAL_REGIONS, region_masks, signal_table
 
 
 @pytest.fixture(scope="module")

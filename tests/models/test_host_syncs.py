@@ -10,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 from mtilib.losses import LossWeights, masked_cross_entropy, masked_smooth_l1, multitask_loss
 from mtilib.models import ModelConfig, baseline_config, build_discriminator, build_model
 from mtilib.train import TrainConfig
-from mtilib.train.loop import discriminator_step
+from mtilib.train.gan import discriminator_step
 
 SYNCING = {"__bool__", "__float__", "__int__", "item", "tolist", "nonzero", "numpy"}
 

@@ -9,8 +9,8 @@ from mtilib.course import DEFAULT_DATA
 from mtilib.models import build_discriminator, build_model
 from mtilib.train import TrainConfig, load_volumes
 from mtilib.train.adversarial import play_heads_game
+from mtilib.train.gan import adversarial_weight
 from mtilib.train.inference import lesion_slice_outputs
-from mtilib.train.loop import adversarial_weight
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,20 @@ def test_corrupt_missing_and_incompatible_checkpoints_are_named(tmp_path):
     other = MTINet(TrainConfig.preset("course").model)  # another width
     with pytest.raises(CheckpointError, match="good.pt: network weights do not fit"):
         load_state_dict_checked(other, load_checkpoint(good)["model"], good, "network")
+
+
+def test_yaml_values_of_the_wrong_type_are_refused(tmp_path):
+    import pytest
+
+    from mtilib.train import TrainConfig
+
+    base = TrainConfig.preset("quick").to_dict()
+    for section, key, value in (("optim", "epochs", "30"), ("optim", "lr", True), ("model", "tdd", "yes"),
+                                ("model", "tasks", ["seg", 3]), ("data", "image_size", 64.5)):
+        data = TrainConfig.preset("quick").to_dict()
+        data[section][key] = value
+        with pytest.raises(ValueError, match=f"{section}.{key} must be"):
+            TrainConfig.from_dict(data)
+    data = dict(base, channels_last=True)  # str | bool
+    data["optim"] = dict(base["optim"], lr=1)  # an int is a float
+    assert TrainConfig.from_dict(data).channels_last is True

@@ -3,19 +3,16 @@ evaluate and predict from the command line."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from mtilib.course import DEFAULT_DATA
-from mtilib.train import TrainConfig, load_checkpoint
+from mtilib.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -41,34 +38,23 @@ def mtilib_cmd(*args):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL right after the first checkpoint, then --resume: the same weights as an uninterrupted
+    run, network and discriminator, and a history without gaps or repeats. The GPU check
+    (``scripts/gpu_check.py``) runs the same step on CUDA."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[2] / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
     cfg = tiny_config(epochs=3)
     cfg_path = tmp_path / "cfg.yaml"
     cfg.to_yaml(cfg_path)
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(mtilib_cmd("train", "--config", cfg_path, "--data", DEFAULT_DATA, "--out", full),
-                   check=True, capture_output=True)
-
-    proc = subprocess.Popen(mtilib_cmd("train", "--config", cfg_path, "--data", DEFAULT_DATA, "--out", killed),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    epoch_at_kill = load_checkpoint(killed / "last.pt")["epoch"]
-    assert epoch_at_kill < cfg.optim.epochs - 1, "the run finished before it could be killed"
-
-    done = subprocess.run(mtilib_cmd("train", "--config", cfg_path, "--data", DEFAULT_DATA, "--out", killed,
-                                     "--resume"), check=True, capture_output=True, text=True)
-    assert f"resumed from {killed / 'last.pt'} after epoch {epoch_at_kill + 1}/{cfg.optim.epochs}" in done.stdout
-    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["epoch"] == b["epoch"] == cfg.optim.epochs - 1
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
-    for name, tensor in a["discriminator"].items():
-        assert torch.equal(tensor, b["discriminator"][name]), f"discriminator {name} differs after resume"
-    history = [json.loads(line) for line in (killed / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history][-1] == cfg.optim.epochs
+    result = gpu_check.step_kill_resume(cfg_path, tmp_path, DEFAULT_DATA)
+    assert result["killed_after_epoch"] < cfg.optim.epochs, "the run finished before it could be killed"
+    assert result["identical"], result
+    assert result["epochs"] == (cfg.optim.epochs, cfg.optim.epochs)
+    assert result["history_epochs"] == list(range(1, cfg.optim.epochs + 1))
+    assert f"after epoch {result['killed_after_epoch']}/{cfg.optim.epochs}" in result["resume_message"]
 
 
 SHIPPED = DEFAULT_DATA.parent / "checkpoints" / "mtinet_course.pt"
