@@ -42,6 +42,11 @@ ABANDON_FACTOR = 3.0
 PROBE_BATCH_CAP = 4
 
 
+def path_label(precision: str, channels_last: bool) -> str:
+    """The name of a candidate in measurements and messages: ``"fp32"``, ``"bf16+channels_last"``."""
+    return precision + ("+channels_last" if channels_last else "")
+
+
 @dataclass
 class FastPaths:
     """The precision and memory format a run uses, and why.
@@ -58,7 +63,7 @@ class FastPaths:
 
     @property
     def label(self) -> str:
-        return self.precision + ("+channels_last" if self.channels_last else "")
+        return path_label(self.precision, self.channels_last)
 
 
 def cache_dir() -> Path:
@@ -179,7 +184,7 @@ def measure_fast_paths(model_config: ModelConfig, device: torch.device, image_si
         results: dict[str, float | None] = {}
         baseline = None
         for precision, channels_last in candidates:
-            name = precision + ("+channels_last" if channels_last else "")
+            name = path_label(precision, channels_last)
             if precision == "bf16" and any(k.startswith("bf16") and v is None for k, v in results.items()):
                 results[name] = None  # bf16 in the other memory format was already far too slow
                 continue
@@ -218,11 +223,11 @@ def _candidates(precision: str, channels_last: bool | str, device: torch.device)
 def decide(measured: dict[str, float | None], candidates: list[tuple[str, bool]]) -> tuple[str, bool, str]:
     """The fastest candidate if it beats the first (the baseline) by :data:`MIN_SPEEDUP`, else the baseline."""
     base_precision, base_cl = candidates[0]
-    base_name = base_precision + ("+channels_last" if base_cl else "")
+    base_name = path_label(base_precision, base_cl)
     base = measured.get(base_name)
     best = (base_precision, base_cl, base_name, base)
     for precision, cl in candidates[1:]:
-        name = precision + ("+channels_last" if cl else "")
+        name = path_label(precision, cl)
         seconds = measured.get(name)
         if seconds is not None and best[3] is not None and seconds < best[3]:
             best = (precision, cl, name, seconds)
