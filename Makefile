@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		torch==2.13.0 -c constraints.txt -e '.[notebook,test,dev]'
+		torch==2.13.0 -c constraints.txt -e '.[notebook,test,dev,bench]'
 	$(BIN)/python -c "from mtilib.course import ensure_kernel; ensure_kernel()"
 	touch $@
 
@@ -32,7 +32,7 @@ lab: setup
 student: setup
 	$(BIN)/mtilib student --out build/student
 
-## Benchmarks -> docs/benchmarks.md
+## Benchmarks -> docs/benchmarks.md and docs/figures/ (our networks against MONAI BasicUNet: the bench extra)
 bench: setup
 	$(BIN)/mtilib bench --out docs/benchmarks.md
 

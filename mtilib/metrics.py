@@ -50,6 +50,7 @@ from mtilib.constants import CLASS_NAMES, PHASES
 from mtilib.jsonable import json_ready
 
 __all__ = [
+    "COURSE_TARGETS",
     "POST_CONTRAST_PHASES",
     "CaseMetrics",
     "assd",
@@ -66,6 +67,12 @@ __all__ = [
 
 #: Names of the regressed phases (the enhancement vector has one value per post-contrast phase).
 POST_CONTRAST_PHASES: tuple[str, ...] = PHASES[1:]
+
+#: What "trained to a useful result" means for the ``course`` preset: ``{headline key: (op, value)}``
+#: with ``op`` ``">="`` or ``"<="``, keys as in :func:`headline_metrics` (validation history: ``val_`` + key).
+COURSE_TARGETS: dict[str, tuple[str, float]] = {
+    "dice": (">=", 0.90), "accuracy": (">=", 0.90), "enhancement_mae": ("<=", 0.08),
+}
 
 _PROB_SUM_TOL = 1e-2
 

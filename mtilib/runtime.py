@@ -153,6 +153,18 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        name = names[0] if names else name
+    except OSError:
+        pass
+    return name
+
+
 def versions() -> dict[str, str | None]:
     """Versions of Python, mtilib and the stack; recorded in every run and checkpoint."""
     out: dict[str, str | None] = {"python": platform.python_version(), "mtilib": __version__}

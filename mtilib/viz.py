@@ -893,3 +893,84 @@ def plot_results(rows, keys=(("dice", "Dice ↑"), ("enhancement_mae", "enh. MAE
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- time to accuracy (docs/benchmarks.md) ----------------------------------------------------------
+
+def _history_records(history) -> list[dict]:
+    """:func:`load_history`, also accepting the JSON string a checkpoint stores (``state["history"]``)."""
+    if isinstance(history, str) and history.lstrip().startswith("["):
+        return json.loads(history)
+    return load_history(history)
+
+
+def training_minutes(history) -> list[float]:
+    """Wall-clock minutes since the start of training at the end of each epoch of ``history``.
+
+    ``elapsed_s`` of a record when present (training, validation and checkpoints); older records
+    lack it and count ``train_seconds`` plus ``val_seconds`` (when recorded) after the last known time.
+    """
+    minutes, seconds = [], 0.0
+    for record in _history_records(history):
+        if record.get("elapsed_s") is not None:
+            seconds = float(record["elapsed_s"])
+        else:
+            seconds += float(record.get("train_seconds") or 0.0) + float(record.get("val_seconds") or 0.0)
+        minutes.append(seconds / 60)
+    return minutes
+
+
+def meets_target(value, op: str, target: float) -> bool:
+    """``value op target`` for ``op`` ``">="`` or ``"<="``; ``False`` for a missing value (``None``)."""
+    if op not in (">=", "<="):
+        raise ValueError(f"op must be '>=' or '<=', not {op!r}")
+    return value is not None and bool(value >= target if op == ">=" else value <= target)
+
+
+def minutes_to_targets(history, targets: dict) -> dict[str, float | None]:
+    """For each ``{metric: (op, value)}`` of ``targets`` (e.g. ``mtilib.metrics.COURSE_TARGETS``),
+    the minute (:func:`training_minutes`) of the first epoch whose validation ``val_<metric>`` met
+    it (``op`` ``">="`` or ``"<="``); ``None`` when no epoch did."""
+    records = _history_records(history)
+    minutes = training_minutes(records)
+    out: dict[str, float | None] = {}
+    for metric, (op, target) in targets.items():
+        out[metric] = next((m for m, r in zip(minutes, records) if meets_target(r.get(f"val_{metric}"), op, target)),
+                           None)
+    return out
+
+
+_METRIC_LABELS = {"dice": "Dice", "enhancement_mae": "enhancement MAE", "hd95_mm": "HD95 (mm)",
+                  "assd_mm": "ASSD (mm)", "auc": "AUC", "macro_f1": "macro-F1"}
+
+
+def plot_time_to_accuracy(history, targets: dict, path: str | Path | None = None, dpi: int = 90):
+    """One small panel per target metric: the validation value after each epoch against minutes of
+    training, the target as a dashed line and its first crossing as a dotted one. Saved as PNG to
+    ``path`` when given (about 40 KB at the default ``dpi``). Drawn on an Agg canvas, outside pyplot,
+    so that it works headless and leaves no open figure behind."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = _history_records(history)
+    minutes = training_minutes(records)
+    reached = minutes_to_targets(records, targets)
+    fig = Figure(figsize=(3.2 * len(targets), 2.7))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(targets), squeeze=False)[0]
+    for ax, (metric, (op, target)) in zip(axes, targets.items()):
+        values = [np.nan if r.get(f"val_{metric}") is None else r[f"val_{metric}"] for r in records]
+        ax.plot(minutes, values, marker=".", color="#4c72b0", lw=1.2)
+        ax.axhline(target, color="#c44e52", ls="--", lw=1, label=f"target {'≥' if op == '>=' else '≤'} {target:g}")
+        if reached[metric] is not None:
+            ax.axvline(reached[metric], color="grey", ls=":", lw=1, label=f"met at {reached[metric]:.1f} min")
+        name = _METRIC_LABELS.get(metric, metric.replace("_", " "))
+        ax.set_title(f"validation {name} {'↑' if op == '>=' else '↓'}", fontsize=9)
+        ax.set_xlabel("minutes of training", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    return fig

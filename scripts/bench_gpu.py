@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--width", type=int, default=32, help="network width (32 is the default MTI-Net)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--inference-presets", nargs="*", default=["samples", "default"],
+                        help="phantom presets of the per-case inference rows (none: skip them)")
     args = parser.parse_args(argv)
     import torch
 
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
             })
     checkpoint = ROOT / "data_samples" / "checkpoints" / "mtinet_course.pt"
     inference = [run_isolated("inference", checkpoint=str(checkpoint), preset=p, device=args.device)
-                 for p in ("samples", "default")] if checkpoint.exists() else []
+                 for p in args.inference_presets] if checkpoint.exists() else []
     lines = [
         "# GPU benchmarks", "",
         f"Written by `python scripts/bench_gpu.py --device {args.device}` on {time.strftime('%Y-%m-%d')} in "

@@ -83,6 +83,12 @@ class CaseVolume:
             case.record.get("class"), case.enhancement, case.affine,
         )
 
+    @classmethod
+    def from_phantom(cls, case, case_id: str) -> CaseVolume:
+        """From a :class:`mtilib.data.phantom.PhantomCase` held in memory (no files written)."""
+        return cls.from_arrays(case_id, case.images, case.phase_times_s, case.spacing, case.labels,
+                               case.class_id, case.enhancement, case.affine)
+
     @property
     def num_slices(self) -> int:
         return self.images.shape[-1]
@@ -134,11 +140,15 @@ class SliceDataset(Dataset):
     ``negative_ratio``: lesion-free liver slices per lesion slice (chosen once, by ``seed``).
     ``all_slices``: every slice of every case (inference). ``image_size``: output in-plane size
     (bilinear for images, nearest for labels); ``roi_crop``: crop to the liver bounding box first.
+    ``lesion_slice_floor``: each case contributes at least this many lesion-slice items per epoch,
+    its lesion slices repeated in turn (0: each slice once). Negatives follow the slices, not the
+    repeats.
     """
 
     def __init__(self, volumes: list[CaseVolume], image_size: int | None = None, negative_ratio: float = 0.5,
                  augment: bool = False, roi_crop: bool = False, roi_margin: int = 4,
-                 min_lesion_pixels: int = 4, all_slices: bool = False, seed: int = 0):
+                 min_lesion_pixels: int = 4, all_slices: bool = False, seed: int = 0,
+                 lesion_slice_floor: int = 0):
         self.volumes = volumes
         self.image_size = image_size
         self.augment = augment
@@ -161,7 +171,10 @@ class SliceDataset(Dataset):
             negatives = [s for s in range(vol.num_slices) if lesion_px[s] == 0 and liver_px[s] > 0]
             n_neg = min(len(negatives), int(math.ceil(negative_ratio * len(lesion))))
             chosen = sorted(rng.choice(negatives, size=n_neg, replace=False).tolist()) if n_neg else []
-            items += [(ci, s) for s in sorted(lesion + chosen)]
+            # a small lesion crosses one or two slices: repeat them in turn up to the floor, so that
+            # it is seen about as often as a large one (each repeat draws its own augmentation)
+            repeats = [lesion[i % len(lesion)] for i in range(len(lesion), lesion_slice_floor)] if lesion else []
+            items += [(ci, s) for s in sorted(lesion + repeats + chosen)]
         self.items = items
 
     def set_epoch(self, epoch: int) -> None:

@@ -18,19 +18,39 @@ class SegmentationHead(nn.Sequential):
 class RegressionHead(nn.Module):
     """MLP over the region descriptors and the pooled summary.
 
-    ``descriptors (B, P, d), pooled (B, F) -> enhancement (B, P-1), embedding (B, hidden)``;
-    the embedding is what TIM's FiLM reads.
+    ``descriptors (B, P, d), pooled (B, F), measured (B, P-1) -> enhancement (B, P-1),
+    embedding (B, hidden)``; the embedding is what TIM's FiLM reads.
+
+    ``residual=True``: the output is ``measured + MLP(...)``, where ``measured`` is the relative
+    enhancement TIM measured in the input images under the preliminary lesion map s0 (detached:
+    the regression loss does not reshape the mask). The last layer starts at zero, so a new
+    network answers with the measurement and learns what it misses (partial volume at the lesion
+    rim, noise, bias field).
+    ``residual=False`` (and networks without TIM) regress the enhancement directly.
     """
 
     def __init__(self, phases: int, descriptor_dim: int, pooled_dim: int, hidden: int = 64,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, residual: bool = False):
         super().__init__()
+        self.residual = residual
         self.body = MLP(phases * descriptor_dim + pooled_dim, hidden, hidden, dropout, activate_output=True)
         self.out = nn.Linear(hidden, phases - 1)
+        self.reset_parameters()
 
-    def forward(self, descriptors: torch.Tensor, pooled: torch.Tensor):
+    def reset_parameters(self) -> None:
+        """The correction of a residual head starts at zero (the head answers with the measurement)."""
+        if self.residual:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, descriptors: torch.Tensor, pooled: torch.Tensor, measured: torch.Tensor | None = None):
         embedding = self.body(torch.cat([descriptors.flatten(1), pooled], dim=1))
-        return self.out(embedding), embedding
+        enhancement = self.out(embedding)
+        if self.residual:
+            if measured is None:
+                raise ValueError("this regression head corrects TIM's measurement: pass measured (B, P-1)")
+            enhancement = enhancement + measured.detach().to(enhancement.dtype)
+        return enhancement, embedding
 
 
 class ClassificationHead(nn.Module):

@@ -56,6 +56,9 @@ class ModelConfig:
     transformer_heads: int = 4
     descriptor_dim: int = 32
     head_hidden: int = 64  # hidden width of the regression head (its embedding feeds TIM's FiLM)
+    # With TIM, the regression head predicts a correction to the enhancement TIM measured under
+    # s0 (a residual) instead of the enhancement itself; see RegressionHead.
+    enhancement_residual: bool = True
     cls_hidden: int = 128  # hidden width of the classification head
     highpass_sigma: float = 0.1
     dropout: float = 0.1  # in the task heads
@@ -210,7 +213,8 @@ class MTINet(nn.Module):
         if self.needs_descriptors:
             self.tim = TaskInteraction([w1, w2], c.descriptor_dim, c.head_hidden, w1, enabled=c.tim)
         if "reg" in c.tasks:
-            self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout)
+            self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout,
+                                           residual=c.tim and c.enhancement_residual)
         if "cls" in c.tasks:
             self.cls_head = ClassificationHead(
                 c.phases, c.descriptor_dim, w4, c.num_classes, use_enhancement="reg" in c.tasks,
@@ -250,7 +254,7 @@ class MTINet(nn.Module):
 
         enhancement = embedding = None
         if "reg" in c.tasks:
-            enhancement, embedding = self.reg_head(descriptors, pooled)
+            enhancement, embedding = self.reg_head(descriptors, pooled, aux["measured_enhancement"])
             enhancement = enhancement.float()
         seg_logits = None
         if self.has_seg:

@@ -27,18 +27,22 @@ from mtilib.train.config import TrainConfig
 from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term, smooth_one_hot
 
 #: Keys of :func:`lesion_slice_outputs` that the game needs.
-GAME_KEYS = ("descriptors", "pooled", "times", "class_id", "enhancement")
+GAME_KEYS = ("descriptors", "pooled", "measured_enhancement", "times", "class_id", "enhancement")
 
 
 def _reset(module: torch.nn.Module) -> None:
+    """Fresh weights: every layer's own initialisation, then the module's (a residual regression
+    head zeroes its correction again)."""
     for m in module.modules():
         if hasattr(m, "reset_parameters") and m is not module:
             m.reset_parameters()
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
 
 
 def _heads_forward(reg_head, cls_head, rows: dict):
     d, p = rows["descriptors"], rows["pooled"]
-    enhancement, _ = reg_head(d, p)
+    enhancement, _ = reg_head(d, p, rows["measured_enhancement"])
     return enhancement, cls_head(p, d, enhancement)
 
 

@@ -61,7 +61,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: written by a newer mtilib (format {state['format_version']} > {FORMAT_VERSION}); upgrade"
         )
+    _upgrade_config(state)
     return state
+
+
+#: Model-config fields added after checkpoints were first written, with the value that reproduces
+#: what an older checkpoint's network computed (a saved config holds every field of its time, so
+#: a missing one means "written before this field existed").
+LEGACY_MODEL_FIELDS = {"enhancement_residual": False}
+
+
+def _upgrade_config(state: dict) -> None:
+    model = state["config"].get("model") if isinstance(state["config"], dict) else None
+    if isinstance(model, dict):
+        for key, old_value in LEGACY_MODEL_FIELDS.items():
+            model.setdefault(key, old_value)
 
 
 def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, path: str | Path, what: str) -> None:

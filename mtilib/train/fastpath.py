@@ -29,7 +29,7 @@ import torch
 from mtilib.losses import LossWeights, multitask_loss
 from mtilib.models import build_model
 from mtilib.models.mtinet import ModelConfig
-from mtilib.runtime import autocast, resolve_channels_last, resolve_precision
+from mtilib.runtime import autocast, cpu_name, resolve_channels_last, resolve_precision
 
 #: Another candidate must be at least this much faster than fp32 / contiguous to be chosen: a
 #: smaller gain is within the noise of a few timed steps and not worth a less tested path.
@@ -75,14 +75,7 @@ def cache_dir() -> Path:
 
 def machine_key(device: torch.device) -> str:
     """What the measurement depends on besides the network: CPU, threads, accelerator, torch."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    parts = [cpu, platform.machine(), torch.backends.cpu.get_cpu_capability(),
+    parts = [cpu_name(), platform.machine(), torch.backends.cpu.get_cpu_capability(),
              f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", device.type]
     if device.type == "cuda":
         parts.append(torch.cuda.get_device_name(device))

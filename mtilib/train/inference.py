@@ -209,7 +209,8 @@ def lesion_slice_outputs(model: torch.nn.Module, volumes: list[CaseVolume], imag
       truth), ``case_index (N,)`` (into ``volumes``), ``slice_index (N,)``;
     * outputs: ``pred_enhancement (N, P-1)``, ``class_logits (N, C)``, ``class_probs (N, C)``;
     * what the heads and the TDD read: ``descriptors (N, P, d)``, ``context (N, P·d)`` (flattened
-      descriptors, the TDD's context token), ``pooled (N, F)``;
+      descriptors, the TDD's context token), ``pooled (N, F)``, ``measured_enhancement (N, P-1)``
+      (TIM's measurement under s0, which a residual regression head corrects);
     * ``aux`` tensors of shape ``(N, ...)`` that the network returns: ``phase_pool_weights (N, P)``
       and, with the Transformer, ``phase_attention (N, P, P)``.
 
@@ -247,6 +248,7 @@ def _lesion_slice_outputs(model, volumes, image_size, device, batch_size, min_le
             "descriptors": pred.aux["descriptors"],
             "context": pred.aux["descriptors"].flatten(1),
             "pooled": pred.aux["pooled"],
+            "measured_enhancement": pred.aux["measured_enhancement"],
         }
         for k in ("phase_pool_weights", "phase_attention"):
             if k in pred.aux:

@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     train_set = SliceDataset(
         train_volumes, cfg.data.image_size, cfg.data.negative_ratio, augment=cfg.data.augment,
         roi_crop=cfg.data.roi_crop, min_lesion_pixels=cfg.data.min_lesion_pixels, seed=cfg.seed,
+        lesion_slice_floor=cfg.data.lesion_slice_floor,
     )
     if cfg.optim.batch_size % world:
         raise ValueError(f"batch_size {cfg.optim.batch_size} is not divisible by {world} processes")
@@ -217,7 +218,14 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
     last_summary: dict = {}
     epochs_this_call = 0
+    # wall clock of this run (training, validation and checkpoints), carried over on resume
+    elapsed_before = history[-1].get("elapsed_s", 0.0) if history else 0.0
+    run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.optim.epochs):
+        if _patience_exhausted(cfg, epoch, best_epoch, bool(val_volumes)):
+            say(f"[train] early stop: no better validation score for {cfg.optim.patience} epochs "
+                f"(best epoch {best_epoch})")
+            break
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         model.train()
@@ -282,12 +290,15 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                   "samples_per_s": n_samples / max(train_seconds, 1e-9), "lambda_adv": lam_adv}
         record.update({f"loss_{k}": float(v) / max(n_batches, 1) for k, v in sums.items()})
         if is_main and val_volumes:
+            t_val = time.perf_counter()
             metrics, _ = evaluate_cases(model, val_volumes, cfg.data.image_size, device, precision,
                                         channels_last=channels_last)
             last_summary = metrics.summary()
             headline = headline_metrics(last_summary)
             record.update({f"val_{k}": v for k, v in headline.items() if k != "n_cases"})
             record["val_score"] = validation_score(headline)
+            record["val_seconds"] = time.perf_counter() - t_val
+        record["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
         history.append(record)
 
         rng_states = gather_rng_states(world, device)  # every rank takes part; rank 0 saves them
@@ -304,7 +315,10 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                 handle.write(json.dumps(record) + "\n")
             say(_epoch_line(record, cfg.optim.epochs, improved))
         if world > 1:
-            dist.barrier()
+            # only rank 0 validates: every rank needs its best epoch for the early stop
+            shared = [best_epoch]
+            dist.broadcast_object_list(shared, src=0)
+            best_epoch = shared[0]
         epochs_this_call += 1
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
@@ -364,6 +378,12 @@ class Trainables:
             # a fresh stream per (rank, epoch), apart from the streams of a run started anew
             seed_everything(cfg.seed + rank + RESEED_STRIDE * (state["epoch"] + 1), cfg.deterministic)
         return state["epoch"] + 1, state["best_score"], state["best_epoch"], json.loads(state["history"])
+
+
+def _patience_exhausted(cfg: TrainConfig, epoch: int, best_epoch: int, validates: bool) -> bool:
+    """Early stopping: before 0-based ``epoch``, have ``patience`` epochs passed since the best one?"""
+    patience = cfg.optim.patience
+    return bool(patience and validates and best_epoch > 0 and epoch - best_epoch >= patience)
 
 
 def _init_from(cfg: TrainConfig, model, disc) -> None:

@@ -1,0 +1,121 @@
+"""The fast course recipe: early stopping, the wall-clock history, the lesion-slice floor, the
+regression head that corrects TIM's measurement, and old checkpoints that predate it."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtilib.course import DEFAULT_DATA
+from mtilib.data.dataset import SliceDataset
+from mtilib.losses import LossWeights, multitask_loss
+from mtilib.models import ModelConfig, baseline_config, build_model
+from mtilib.train import TrainConfig, load_model, load_volumes, save_checkpoint, train
+from mtilib.train.loop import _patience_exhausted
+
+TIMES = torch.tensor([[0.0, 35.0, 70.0, 180.0]])
+
+
+def test_patience_counts_epochs_since_the_best():
+    cfg = TrainConfig.preset("quick")
+    cfg.optim.patience = 2
+    # best after epoch 3 (1-based): epochs 4 and 5 did not improve, so epoch index 5 does not start
+    assert not _patience_exhausted(cfg, 4, 3, True)
+    assert _patience_exhausted(cfg, 5, 3, True)
+    assert not _patience_exhausted(cfg, 5, 3, False)  # no validation cases: nothing to stop on
+    cfg.optim.patience = 0
+    assert not _patience_exhausted(cfg, 50, 1, True)  # off
+
+
+def test_a_run_that_cannot_improve_stops_after_patience_epochs(tmp_path):
+    """lr = 0: the weights never move, the validation score repeats, and epoch 1 stays the best."""
+    cfg = TrainConfig.preset("quick")
+    cfg.model.width, cfg.data.image_size = 4, 32
+    cfg.precision, cfg.channels_last = "fp32", False
+    cfg.optim.epochs, cfg.optim.patience, cfg.optim.lr, cfg.optim.d_lr = 6, 2, 0.0, 0.0
+    volumes = load_volumes(DEFAULT_DATA, "train")
+    result = train(cfg, DEFAULT_DATA, tmp_path / "run", train_volumes=volumes[:7], val_volumes=volumes[7:10])
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+    elapsed = [r["elapsed_s"] for r in result.history]
+    assert all(b > a > 0 for a, b in zip(elapsed, elapsed[1:]))  # wall clock since the start
+    assert all(r["val_seconds"] > 0 for r in result.history)
+
+
+def test_lesion_slice_floor_repeats_the_slices_of_small_lesions():
+    volumes = load_volumes(DEFAULT_DATA, "train")
+    plain = SliceDataset(volumes, 64, negative_ratio=0.5, seed=3)
+    floored = SliceDataset(volumes, 64, negative_ratio=0.5, seed=3, lesion_slice_floor=4)
+    for ci, vol in enumerate(volumes):
+        lesion_slices = {s for s in range(vol.num_slices) if (vol.labels[..., s] == 2).any()}
+        plain_items = [s for c, s in plain.items if c == ci]
+        floored_items = [s for c, s in floored.items if c == ci]
+        plain_lesion = [s for s in plain_items if s in lesion_slices]
+        floored_lesion = [s for s in floored_items if s in lesion_slices]
+        assert len(floored_lesion) == max(4, len(lesion_slices))
+        assert set(floored_lesion) == lesion_slices  # repeats, never new slices
+        # repeats are spread over the lesion's slices: counts differ by at most one
+        counts = np.bincount(floored_lesion)[sorted(lesion_slices)]
+        assert counts.max() - counts.min() <= 1
+        # the negatives are the same as without the floor
+        assert sorted(set(floored_items) - lesion_slices) == sorted(set(plain_items) - lesion_slices)
+        assert len(plain_lesion) == len(lesion_slices)
+
+
+def _net_and_batch(**overrides):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=8, descriptor_dim=8, head_hidden=16, **overrides))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 4, 32, 32, generator=gen) + 0.5
+    return model, x, TIMES.repeat(3, 1)
+
+
+def test_a_new_regression_head_answers_with_tims_measurement():
+    model, x, t = _net_and_batch()
+    out = model(x, t)
+    assert torch.equal(out.enhancement, out.aux["measured_enhancement"])
+
+
+def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
+    """The measurement is detached; with the correction's last layer at zero (as at initialisation),
+    the regressed enhancement has no gradient path to the preliminary lesion map."""
+    model, x, t = _net_and_batch()
+    out = model(x, t)
+    out.enhancement.sum().backward()
+    assert model.prelim_head.weight.grad is None or float(model.prelim_head.weight.grad.abs().max()) == 0.0
+    # the correction itself learns
+    assert float(model.reg_head.out.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", ["no_tim", "reg_only", "multitask"])
+def test_networks_without_tim_regress_directly(name):
+    torch.manual_seed(0)
+    model = build_model(baseline_config(name, ModelConfig(width=8, descriptor_dim=8, head_hidden=16)))
+    assert model.reg_head.residual is False
+    assert float(model.reg_head.out.weight.abs().sum()) > 0  # default initialisation, not zeros
+
+
+def test_residual_switch_off_gives_the_direct_head():
+    model, x, t = _net_and_batch(enhancement_residual=False)
+    out = model(x, t)
+    assert not torch.equal(out.enhancement, out.aux["measured_enhancement"])
+    loss, _ = multitask_loss(out, {"image": x, "times": t, "label": torch.zeros(3, 32, 32, dtype=torch.long),
+                                   "class_id": torch.zeros(3, dtype=torch.long),
+                                   "enhancement": torch.zeros(3, 3), "has_lesion": torch.ones(3, dtype=torch.bool)},
+                             LossWeights())
+    assert torch.isfinite(loss)
+
+
+def test_checkpoints_written_before_the_residual_load_without_it(tmp_path):
+    """An older checkpoint's config has no ``enhancement_residual``: it loads with the direct head,
+    so it computes what it computed when it was trained."""
+    cfg = TrainConfig.preset("quick")
+    cfg.model.enhancement_residual = False
+    model = build_model(cfg.model)
+    config = cfg.to_dict()
+    del config["model"]["enhancement_residual"]
+    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
+    loaded, loaded_cfg, _ = load_model(path)
+    assert loaded_cfg.model.enhancement_residual is False and loaded.reg_head.residual is False
+    x = torch.rand(2, 4, 64, 64) + 0.5
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
