@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     slim = {k: best[k] for k in ("config", "model", "epoch", "best_score", "best_epoch", "history",
                                  "val_summary", "versions")}
     slim["discriminator"] = best["discriminator"]
+    # the whole run's curve (best.pt was written at the best epoch and knows only the epochs before it)
+    slim["history"] = json.dumps(result.history)
     slim["training"] = json.dumps({
         "command": "make checkpoint", "train_seconds": train_seconds, "data_seed": DATA_SEED,
         "cases_per_class": CASES_PER_CLASS, "phantom_preset": "samples",
