@@ -91,7 +91,7 @@ def test_networks_without_tim_regress_directly(name):
     torch.manual_seed(0)
     model = build_model(baseline_config(name, ModelConfig(width=8, descriptor_dim=8, head_hidden=16)))
     assert model.reg_head.residual is False
-    assert float(model.reg_head.out.weight.abs().sum()) > 0  # default initialisation, not zeros
+    assert float(model.reg_head.out.weight.detach().abs().sum()) > 0  # default initialisation, not zeros
 
 
 def test_residual_switch_off_gives_the_direct_head():
