@@ -46,7 +46,7 @@ data-samples: setup
 
 ## Retrain the shipped checkpoint on the course preset and evaluate it on the sample test cases.
 checkpoint: setup
-	$(BIN)/python scripts/make_checkpoint.py
+	$(BIN)/python scripts/make_checkpoint.py --force
 
 ## On a CUDA machine: bf16 training, kill + resume, 2-process torchrun, evaluate, GPU benchmark.
 ## GPU_CHECK_ARGS="--device cpu" rehearses it on a CPU.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mtilib.runtime import autocast, cpu_name, info, versions
+from mtilib.runtime import autocast, cpu_flags, cpu_name, info, versions
 
 
 def _peak_rss_mb() -> float:
@@ -53,20 +53,6 @@ def _step_figures(median_s: float, batch: int, macs_per_sample: int | None, mode
         "peak_rss_mb": _peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
     }
-
-
-def forward_macs(model: torch.nn.Module, *inputs) -> int:
-    """Multiply-accumulates of one forward pass on ``inputs`` (FLOPs / 2 as counted by
-    ``torch.utils.flop_counter``, the count :func:`mtilib.models.summary.model_summary` uses)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.no_grad(), counter:
-        model(*inputs)
-    model.train(was_training)
-    return int(counter.get_total_flops() // 2)
 
 
 # --- single measurements (run inside a subprocess) --------------------------------------------------
@@ -133,6 +119,8 @@ def measure_step_of(build, batch: int = 8, size: int = 96, precision: str = "fp3
     torch.manual_seed(0)
     dev = torch.device(device)
     model = build()
+    from mtilib.models.summary import forward_macs
+
     macs = forward_macs(model, torch.rand(1, in_channels, size, size)) if count_macs else None
     model = model.to(dev).train()
     if channels_last:
@@ -250,23 +238,6 @@ def run_isolated(name: str, **kwargs) -> dict:
                      f"{name} {kwargs}")
 
 
-#: CPU flags that decide which kernels torch can use (AVX-512, native bf16, AMX tiles).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(names=CPU_FLAGS) -> dict[str, bool] | None:
-    """Whether ``/proc/cpuinfo`` lists each flag of ``names``; ``None`` where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            line = next((line for line in handle if line.startswith("flags")), None)
-    except OSError:
-        return None
-    if line is None:
-        return None
-    present = set(line.split(":", 1)[1].split())
-    return {name: name in present for name in names}
-
-
 def machine_line() -> str:
     data = info()
     flags = cpu_flags()
@@ -311,7 +282,8 @@ def run_peer(name: str, **kwargs) -> dict:
                      f"peer {name} {kwargs}")
 
 
-def _setting_label(precision: str, channels_last: bool) -> str:
+def setting_label(precision: str, channels_last: bool) -> str:
+    """A precision / memory-format setting as the benchmark tables name it: ``"fp32 + channels_last"``."""
     return precision + (" + channels_last" if channels_last else "")
 
 
@@ -360,7 +332,7 @@ def peer_comparison(peak_gflops: float | None, sizes: dict[str, tuple[int, int, 
                 r = results.get((net, setting))
                 if r is None:
                     continue
-                precision = _setting_label(*setting)
+                precision = setting_label(*setting)
                 if net != "basicunet" and autos[net] == setting:
                     precision += " (= auto)" if setting == ("fp32", False) else " (auto)"
                 ratio = r["median_step_s"] / base["median_step_s"]
@@ -567,7 +539,7 @@ def write_benchmarks(out: str | Path = "docs/benchmarks.md", course: bool = True
     peak = run_isolated("matmul", n=2048, repeats=5)
     def step_row(network: str, r: dict, fp32: dict) -> dict:
         return {
-            "network": network, "precision": r["precision"] + (" + channels_last" if r["channels_last"] else ""),
+            "network": network, "precision": setting_label(r["precision"], r["channels_last"]),
             "parameters": r["parameters"], "step (s, median)": r["median_step_s"],
             "samples/s": r["samples_per_s"], "speed vs fp32": r["samples_per_s"] / fp32["samples_per_s"],
             "GFLOP/s": r["achieved_gflops"], "of matmul peak": r["achieved_gflops"] / peak["gflops"],

@@ -153,16 +153,34 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
-    name = platform.processor() or platform.machine()
+def _cpuinfo_field(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (Linux), or ``None``."""
     try:
         with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        name = names[0] if names else name
+            for line in handle:
+                if line.startswith(field) and ":" in line:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return name
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+#: CPU flags that decide which kernels torch can use (AVX-512, native bf16, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(names=CPU_FLAGS) -> dict[str, bool] | None:
+    """Whether ``/proc/cpuinfo`` lists each flag of ``names``; ``None`` where it cannot be read."""
+    line = _cpuinfo_field("flags")
+    if line is None:
+        return None
+    present = set(line.split())
+    return {name: name in present for name in names}
 
 
 def versions() -> dict[str, str | None]:

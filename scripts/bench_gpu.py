@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtilib.bench import machine_line, run_isolated  # noqa: E402
+from mtilib.bench import machine_line, run_isolated, setting_label  # noqa: E402
 from mtilib.tables import markdown_table  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                              repeats=args.repeats, device=args.device)
             base = base or r
             peak = peaks["bf16" if precision == "bf16" else "fp32"]["gflops"]
-            variant = precision + (" + channels_last" if channels_last else "") + (" + compile" if compiled else "")
+            variant = setting_label(precision, channels_last) + (" + compile" if compiled else "")
             rows.append({
                 "network": arch,
                 "variant": variant,

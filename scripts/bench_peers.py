@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from mtilib.bench import PEER_SIZES
+
 #: Exit status of ``--one`` when MONAI is not installed.
 NO_MONAI = 3
 
@@ -49,9 +51,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=sorted(ONE), help="one measurement; prints its result as JSON")
     parser.add_argument("--kwargs", default="{}", help="keyword arguments of the measurement, as JSON")
-    parser.add_argument("--sizes", nargs="+", default=None, help="labels of mtilib.bench.PEER_SIZES (default: all)")
+    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(PEER_SIZES),
+                        help="labels of mtilib.bench.PEER_SIZES (default: all)")
     parser.add_argument("--tiny", action="store_true", help="a rehearsal at width 4, 32², batch 2, one repeat")
     args = parser.parse_args(argv)
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--kwargs is not valid JSON ({exc})")
 
     if args.one:
         try:
@@ -59,10 +66,10 @@ def main(argv=None) -> int:
         except ImportError:
             print("MONAI is not installed: pip install -e '.[bench]'", file=sys.stderr)
             return NO_MONAI
-        print(json.dumps(ONE[args.one](**json.loads(args.kwargs))))
+        print(json.dumps(ONE[args.one](**kwargs)))
         return 0
 
-    from mtilib.bench import PEER_SIZES, peer_comparison, run_isolated
+    from mtilib.bench import peer_comparison, run_isolated
 
     if args.tiny:
         sizes, repeats, peak = {"tiny": (4, 32, 2)}, 1, run_isolated("matmul", n=256, repeats=1)

@@ -191,7 +191,8 @@ def test_mtilib_never_imports_monai():
 
 
 def test_machine_line_names_the_cpu_and_its_flags():
-    from mtilib.bench import CPU_FLAGS, cpu_flags, machine_line
+    from mtilib.bench import machine_line
+    from mtilib.runtime import CPU_FLAGS, cpu_flags
 
     flags = cpu_flags()
     assert flags is None or set(flags) == set(CPU_FLAGS)

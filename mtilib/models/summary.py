@@ -7,6 +7,24 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def forward_flop_counts(model: nn.Module, *inputs) -> dict:
+    """FLOPs of one forward pass on ``inputs`` in eval mode, per module and operator, as
+    ``torch.utils.flop_counter`` counts them (the model's train/eval mode is restored)."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, depth=None)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    model.train(was_training)
+    return counter.get_flop_counts()
+
+
+def forward_macs(model: nn.Module, *inputs) -> int:
+    """Multiply-accumulates (FLOPs / 2) of one forward pass on ``inputs``, for any network."""
+    flops = forward_flop_counts(model, *inputs)
+    return int(sum(flops["Global"].values()) // 2)  # "Global": every operator of the pass
+
+
 def model_summary(model: nn.Module, image_size: int = 64, batch: int = 1, phases: int | None = None,
                   times_s=(0.0, 35.0, 70.0, 180.0)) -> list[dict]:
     """One row per top-level child module: ``module``, ``parameters``, ``macs`` (forward pass).
@@ -17,13 +35,7 @@ def model_summary(model: nn.Module, image_size: int = 64, batch: int = 1, phases
     phases = phases or getattr(getattr(model, "config", None), "phases", len(times_s))
     x = torch.rand(batch, phases, image_size, image_size)
     t = torch.tensor([list(times_s)[:phases]], dtype=torch.float32).expand(batch, -1)
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False, depth=None)
-    with torch.no_grad(), counter:
-        model(x, t)
-    model.train(was_training)
-    flops = counter.get_flop_counts()
+    flops = forward_flop_counts(model, x, t)
     name = type(model).__name__
     rows = []
     for child_name, child in model.named_children():

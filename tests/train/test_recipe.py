@@ -119,3 +119,20 @@ def test_checkpoints_written_before_the_residual_load_without_it(tmp_path):
     x = torch.rand(2, 4, 64, 64) + 0.5
     with torch.no_grad():
         assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
+
+
+def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys):
+    """Checked before any work: nothing is generated, trained or written."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "make_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_checkpoint", script)
+    make_checkpoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_checkpoint)
+    existing = tmp_path / "mtinet_course.pt"
+    existing.write_bytes(b"finished work")
+    assert make_checkpoint.main(["--out", str(tmp_path)]) == 3
+    assert existing.read_bytes() == b"finished work" and [p.name for p in tmp_path.iterdir()] == [existing.name]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(existing) in err[0] and "--force" in err[0]
