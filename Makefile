@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 course: setup
 	$(BIN)/mtilib course $(COURSE_ARGS)
 
-## Lint, unit tests and every notebook in QUICK mode.
+## Lint, unit tests and every notebook in QUICK mode, on two pytest-xdist workers (each gets half
+## the cores; PYTEST_ARGS="-n 0" runs them in one process).
+PYTEST_ARGS ?= -n 2
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

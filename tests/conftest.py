@@ -5,6 +5,19 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets one core's worth of threads (the workers share the
+    machine's cores); notebook kernels and subprocesses inherit the setting."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fast_path_cache(tmp_path_factory):
     """Measured fast paths (``precision="auto"``) are cached for the session in a temporary folder,

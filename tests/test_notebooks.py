@@ -114,20 +114,22 @@ EXPECTED: dict[str, dict] = {
         # lesion-free slices must not vote: counting them equally ruins the per-case answer
         "accuracy_area_weighted": (0.85, 1.0), "accuracy_plain_mean": (0.0, 0.7),
         "area_weighted_at_least_plain_mean": True, "accuracy_majority_lesion_slices": (0.85, 1.0),
-        # the pair the network finds most alike is among the closest in mean enhancement
-        "top_confused_pair_distance_rank": (1, 7),
+        # soft confusions stay small (the checkpoint makes no hard error on these cases); which pair
+        # tops them depends on the checkpoint, so the notebook asks, it does not assert
+        "slice_hard_confusions": (0, 3), "top_confused_pair_soft": (0.0, 0.2),
     },
     "07": {
         # the diagnosis is the curve: 1-NN on the whole enhancement curve beats any single phase
         "curve_accuracy": (0.7, 1.0), "best_single_phase_accuracy": (0.3, 0.7), "curve_beats_single_phase": True,
-        "tokens_per_slice": 64, "token_channels": 128,  # 8×8 bottleneck positions of 8w = 128 channels
+        "tokens_per_slice": 16, "token_channels": 128,  # 4×4 bottleneck positions of 8w = 128 channels
         # sinusoidal time features with periods 20-2000 s; nearby times get more similar codes
         "period_min_s": (19.9, 20.1), "period_max_s": (1999.0, 2001.0), "nearby_times_more_similar": True,
         "encoding_max_diff": (0.0, 1e-4),  # exercise 1 reproduces TimeEncoding
         "attention_row_sum_error": (0.0, 1e-5), "pool_weight_sum": (0.9999, 1.0001),
-        # the shipped Transformer attends almost uniformly, the same for every phase and class
+        # the shipped Transformer attends the same way for every phase and class: a fixed mix of the
+        # phases (its pooling weights differ between phases: 0.13 to 0.34 measured, not between classes)
         "attention_class_spread": (0.0, 0.02), "attention_query_spread": (0.0, 0.02), "pool_class_spread": (0.0, 0.02),
-        "pool_weight_max": (0.25, 0.3), "pool_weight_min": (0.2, 0.25), "code_to_token_norm": (0.05, 1.0),
+        "pool_weight_max": (0.25, 0.45), "pool_weight_min": (0.05, 0.25), "code_to_token_norm": (0.05, 1.0),
         # phases moved with their times: summary unchanged; images alone: it changes; the mean sees neither
         "permutation_with_times_rel_diff": (0.0, 1e-5), "permutation_images_only_rel_diff": (1e-3, 1.0),
         "mean_images_only_diff": (0.0, 1e-5), "full_network_order_sensitive": True,
@@ -155,19 +157,19 @@ EXPECTED: dict[str, dict] = {
         # λ_adv far too large from step 0 wrecks the regression
         "large_weight_early_reg_ratio": (2.0, 100.0), "large_weight_final_mae_ratio": (1.5, 100.0),
         # against a G that stands still D pulls ahead, faster without noise/smoothing (QUICK's 200 steps
-        # only begin it: 0.254 / 0.139 measured; the full 400 steps give 0.211 / 0.195)
+        # only begin it: 0.235 / 0.164 measured; the full 400 steps give 0.187 / 0.232)
         "frozen_no_defence_loss_d": (0.05, 0.26), "frozen_no_defence_loss_adv": (0.13, 0.5),
         "frozen_no_defence_g_loss_higher": True,
-        # the shipped TDD: a little better than chance on real vs fake, reads the curve, not the class,
-        # and does not penalise impossible (curve, class) pairs
-        "auc_real_fake": (0.5, 0.9), "auc_real_impossible": (0.3, 0.7),
+        # the shipped TDD: at or near chance on real vs fake (0.49 measured), reads the curve, not the
+        # class, and does not penalise impossible (curve, class) pairs
+        "auc_real_fake": (0.4, 0.75), "auc_real_impossible": (0.3, 0.7),
         "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.01), "cls_attention_sum": (0.9999, 1.0001),
     },
     "09": {
         # the loop of mtilib.train: the loss falls over the QUICK epochs, and a resumed run is bit-identical
         "epochs": (1, 100), "loss_first": (0.5, 20.0), "loss_last": (0.1, 20.0), "resume_identical": True,
-        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.902, MAE 0.083, accuracy 1.0)
-        "checkpoint_dice": (0.89, 0.92), "checkpoint_enhancement_mae": (0.08, 0.11),
+        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.919, MAE 0.080, accuracy 1.0)
+        "checkpoint_dice": (0.90, 0.94), "checkpoint_enhancement_mae": (0.06, 0.10),
         "checkpoint_accuracy": (0.92, 1.0), "checkpoint_macro_f1": (0.9, 1.0), "matches_recorded": True,
         # every row of the results table can be built: MTI-Net, 4 ablations, plain MTL, 3 single-task, U-Net
         "n_networks": 10, "tim_parameters": (500, 50_000),

@@ -24,14 +24,15 @@ class EarlyFusionUNet(nn.Module):
         config = (config or ModelConfig(arch="unet", tasks=("seg",), mdief=False, transformer=False,
                                         tim=False, tdd=False)).with_overrides(**overrides)
         self.config = config
-        self.encoder = Encoder(config.phases, config.widths, config.blocks_per_stage)
-        self.decoder = Decoder(config.widths)
-        self.seg_head = SegmentationHead(config.widths[0], config.num_labels)
+        self.encoder = Encoder(config.phases, config.widths, config.blocks_per_stage,
+                               halve_first_stage=config.layout == "compact")
+        self.decoder = Decoder(config.skip_widths, config.widths[3])
+        self.seg_head = SegmentationHead(config.skip_widths[0], config.num_labels, refine=config.layout == "wide")
 
     def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
-        check_input(x, times_s, self.config.phases)
+        check_input(x, times_s, self.config.phases, self.config.downsampling)
         feats = self.encoder(x)
-        dec = self.decoder(feats[3], feats[:3])
+        dec = self.decoder(feats[-1], feats[:-1])
         return MTIOutput(self.seg_head(dec).float(), None, None, {})
 
 

@@ -9,10 +9,13 @@ from mtilib.models.blocks import MLP, ConvNormAct
 
 
 class SegmentationHead(nn.Sequential):
-    """``(B, C, H, W) -> (B, K, H, W)`` logits: one 3×3 ConvNormAct then a 1×1 classifier."""
+    """``(B, C, H, W) -> (B, K, H, W)`` logits: a 1×1 classifier, after one 3×3 ConvNormAct with
+    ``refine=True`` (the first release's "wide" layout; the full-resolution 3×3 block cost about
+    a sixth of the early-fusion U-Net's step and is left out of the compact layout)."""
 
-    def __init__(self, channels: int, num_labels: int):
-        super().__init__(ConvNormAct(channels, channels), nn.Conv2d(channels, num_labels, 1))
+    def __init__(self, channels: int, num_labels: int, refine: bool = False):
+        layers = [ConvNormAct(channels, channels)] if refine else []
+        super().__init__(*layers, nn.Conv2d(channels, num_labels, 1))
 
 
 class RegressionHead(nn.Module):

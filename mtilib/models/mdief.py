@@ -71,22 +71,37 @@ class MdIEF(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
-    def branches(self, feats: torch.Tensor) -> torch.Tensor:
-        """The three branch maps stacked: ``(B, 3, C, h, w)``."""
+    def branch_maps(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three branch maps, each ``(B, C, h, w)``, in the order of :data:`BRANCHES`."""
         b, p, c, h, w = feats.shape
-        spatial = self.spatial(feats.flatten(1, 2))
-        frequency = self.frequency(gaussian_highpass(feats, self.highpass_sigma).flatten(1, 2))
+        stacked = feats.flatten(1, 2)
+        # The high-pass filters each map in space and the 1×1 convolution mixes channels, so they
+        # commute: project the P·C maps to C first, then filter C maps (P times fewer FFTs). The
+        # high-pass removes a constant, so the frequency bias is added after it, as
+        # conv(highpass(f)) has it. The spatial and frequency projections read the same input:
+        # one convolution computes both.
+        weight = torch.cat([self.spatial.weight, self.frequency.weight])
+        spatial, projected = F.conv2d(stacked, weight.to(stacked.dtype)).split(c, dim=1)
+        spatial = spatial + self.spatial.bias.to(spatial.dtype)[:, None, None]
+        frequency = gaussian_highpass(projected, self.highpass_sigma)
+        frequency = frequency + self.frequency.bias.to(frequency.dtype)[:, None, None]
         _, lh, hl, hh = haar_dwt2d(feats)  # each (B, P, C, h/2, w/2)
         details = torch.cat([lh, hl, hh], dim=2).flatten(1, 2)
         wavelet = F.interpolate(self.wavelet(details), size=(h, w), mode="bilinear", align_corners=False)
-        return torch.stack([spatial, frequency, wavelet], dim=1)
+        return spatial, frequency, wavelet
+
+    def branches(self, feats: torch.Tensor) -> torch.Tensor:
+        """The three branch maps stacked: ``(B, 3, C, h, w)``."""
+        return torch.stack(self.branch_maps(feats), dim=1)
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        branches = self.branches(feats)
-        entropy = spectral_entropy(branches)  # (B, 3, C)
+        maps = self.branch_maps(feats)
+        entropy = torch.stack([spectral_entropy(m) for m in maps], dim=1)  # (B, 3, C)
         weights = entropy_weights(entropy, self.temperature)
-        fused = (weights.to(branches.dtype)[..., None, None] * branches).sum(dim=1)
-        return self.post(fused) + branches[:, 0], weights
+        w = weights.to(maps[0].dtype)[..., None, None]
+        # the weighted sum branch by branch: no (B, 3, C, h, w) stack to copy forward and back
+        fused = w[:, 0] * maps[0] + w[:, 1] * maps[1] + w[:, 2] * maps[2]
+        return self.post(fused) + maps[0], weights
 
 
 def neutral_projections_(module: MdIEF) -> MdIEF:

@@ -3,9 +3,10 @@
 ``x (B, P, H, W)`` phase images, ``times_s (B, P)`` -> :class:`MTIOutput`.
 
 1. a phase encoder shared by all phases (phases folded into the batch), stem + 4 residual stages
-   of widths ``(w, 2w, 4w, 8w)``;
+   of widths ``(w, 2w, 4w, 8w)``, each halving the resolution (bottleneck at H/16; see
+   ``ModelConfig.layout`` for the first release's layout);
 2. the shallow phase Transformer at the bottleneck (or the mean over phases);
-3. MdIEF at the three skip levels (or a 1×1-conv fusion);
+3. MdIEF at the four skip levels (or a 1×1-conv fusion);
 4. a U-Net decoder -> the preliminary lesion probability ``s0``;
 5. TIM: ``s0`` pools region descriptors (seg -> reg), the regression embedding FiLMs the
    decoder (reg -> seg) before the final segmentation;
@@ -30,6 +31,8 @@ from mtilib.models.tim import TaskInteraction
 from mtilib.models.transformer import PhaseMean, PhaseTransformer
 
 TASKS = ("seg", "reg", "cls")
+#: Encoder-decoder layouts (see ``ModelConfig.layout``).
+LAYOUTS = ("compact", "wide")
 
 
 @dataclass
@@ -59,6 +62,13 @@ class ModelConfig:
     # With TIM, the regression head predicts a correction to the enhancement TIM measured under
     # s0 (a residual) instead of the enhancement itself; see RegressionHead.
     enhancement_residual: bool = True
+    # "compact": every encoder stage halves the resolution (the stem alone works at full
+    # resolution): skips at H (stem, w), H/2 (w), H/4 (2w), H/8 (4w), bottleneck 8w at H/16, and
+    # the segmentation head is a 1×1 classifier; the layout and cost of a MONAI BasicUNet.
+    # "wide": the first release's layout: stage 1 at full resolution, skips at H (w), H/2 (2w),
+    # H/4 (4w), bottleneck at H/8, a 3×3 conv block before the classifier; twice the channels at
+    # every resolution, about 2.4× the convolution work. Checkpoints from before this field: "wide".
+    layout: str = "compact"
     cls_hidden: int = 128  # hidden width of the classification head
     highpass_sigma: float = 0.1
     dropout: float = 0.1  # in the task heads
@@ -72,6 +82,8 @@ class ModelConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
         if self.arch not in ("mtinet", "unet"):
             raise ValueError(f"arch must be 'mtinet' or 'unet', not {self.arch!r}")
         if self.arch == "unet" and self.tasks != ("seg",):
@@ -102,8 +114,19 @@ class ModelConfig:
 
     @property
     def widths(self) -> tuple[int, int, int, int]:
+        """Channels of the four encoder stages."""
         w = self.width
         return (w, 2 * w, 4 * w, 8 * w)
+
+    @property
+    def skip_widths(self) -> tuple[int, ...]:
+        """Channels of the skip levels, finest first (the encoder's maps but the bottleneck)."""
+        return (self.width, *self.widths[:3]) if self.layout == "compact" else self.widths[:3]
+
+    @property
+    def downsampling(self) -> int:
+        """Input size over bottleneck size: H and W must be multiples of it."""
+        return 16 if self.layout == "compact" else 8
 
 
 @dataclass
@@ -122,23 +145,31 @@ class MTIOutput:
 
 
 class Encoder(nn.Module):
-    """Stem + 4 residual stages. ``(N, cin, H, W) -> [(N, w, H, W), (N, 2w, H/2, W/2), ...]``."""
+    """Stem + 4 residual stages; returns the skip maps (finest first) and the bottleneck last.
 
-    def __init__(self, cin: int, widths: tuple[int, ...], blocks_per_stage: int = 1):
+    ``halve_first_stage=True`` (layout "compact"): ``(N, cin, H, W) -> [stem (N, w, H, W),
+    (N, w, H/2, W/2), (N, 2w, H/4, W/4), (N, 4w, H/8, W/8), bottleneck (N, 8w, H/16, W/16)]``.
+    ``False`` (layout "wide"): ``-> [(N, w, H, W), (N, 2w, H/2, W/2), (N, 4w, H/4, W/4),
+    bottleneck (N, 8w, H/8, W/8)]`` (the stem's output is not a skip).
+    """
+
+    def __init__(self, cin: int, widths: tuple[int, ...], blocks_per_stage: int = 1,
+                 halve_first_stage: bool = True):
         super().__init__()
+        self.halve_first_stage = halve_first_stage
         self.stem = ConvNormAct(cin, widths[0])
         stages = []
         prev = widths[0]
         for i, width in enumerate(widths):
-            blocks = [ResBlock(prev, width, stride=1 if i == 0 else 2)]
+            blocks = [ResBlock(prev, width, stride=2 if i or halve_first_stage else 1)]
             blocks += [ResBlock(width, width) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             prev = width
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
         x = self.stem(x)
+        feats = [x] if self.halve_first_stage else []
         for stage in self.stages:
             x = stage(x)
             feats.append(x)
@@ -158,29 +189,35 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """U-Net decoder: bottleneck (8w) + skips (w, 2w, 4w) -> ``(B, w, H, W)``."""
+    """U-Net decoder: bottleneck + skips (finest first) -> ``(B, skip_widths[0], H, W)``.
 
-    def __init__(self, widths: tuple[int, ...]):
+    ``up{k}`` climbs to skip level k (1 = full resolution) and has that level's channels.
+    """
+
+    def __init__(self, skip_widths: tuple[int, ...], bottleneck_width: int):
         super().__init__()
-        w1, w2, w3, w4 = widths
-        self.up3 = UpBlock(w4, w3, w3)
-        self.up2 = UpBlock(w3, w2, w2)
-        self.up1 = UpBlock(w2, w1, w1)
+        self.levels = len(skip_widths)
+        cin = bottleneck_width
+        for k in range(self.levels, 0, -1):
+            self.add_module(f"up{k}", UpBlock(cin, skip_widths[k - 1], skip_widths[k - 1]))
+            cin = skip_widths[k - 1]
 
     def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = self.up3(bottleneck, skips[2])
-        x = self.up2(x, skips[1])
-        return self.up1(x, skips[0])
+        x = bottleneck
+        for k in range(self.levels, 0, -1):
+            x = getattr(self, f"up{k}")(x, skips[k - 1])
+        return x
 
 
-def check_input(x: torch.Tensor, times_s: torch.Tensor, phases: int) -> None:
+def check_input(x: torch.Tensor, times_s: torch.Tensor, phases: int, downsampling: int = 16) -> None:
     """Raise a clear error for inputs the network cannot take."""
     if x.ndim != 4 or x.shape[1] != phases:
         raise ValueError(f"expected images of shape (B, {phases}, H, W), got {tuple(x.shape)}")
     if times_s.shape != x.shape[:2]:
         raise ValueError(f"expected phase times of shape {tuple(x.shape[:2])}, got {tuple(times_s.shape)}")
-    if x.shape[-1] % 8 or x.shape[-2] % 8:
-        raise ValueError(f"H and W must be multiples of 8 (three 2× down-samplings), got {tuple(x.shape[-2:])}")
+    if x.shape[-1] % downsampling or x.shape[-2] % downsampling:
+        raise ValueError(f"H and W must be multiples of {downsampling} (the encoder halves them "
+                         f"{downsampling.bit_length() - 1} times), got {tuple(x.shape[-2:])}")
 
 
 class MTINet(nn.Module):
@@ -191,8 +228,9 @@ class MTINet(nn.Module):
         config = (config or ModelConfig()).with_overrides(**overrides)
         self.config = config
         c = config
-        w1, w2, w3, w4 = c.widths
-        self.encoder = Encoder(1, c.widths, c.blocks_per_stage)
+        w4 = c.widths[3]
+        skips = c.skip_widths
+        self.encoder = Encoder(1, c.widths, c.blocks_per_stage, halve_first_stage=c.layout == "compact")
         self.phase_mixer = (
             PhaseTransformer(w4, c.transformer_layers, c.transformer_heads, c.transformer_dropout)
             if c.transformer else PhaseMean()
@@ -201,17 +239,18 @@ class MTINet(nn.Module):
         if self.has_seg:
             fusion = MdIEF if c.mdief else PlainFusion
             kwargs = {"highpass_sigma": c.highpass_sigma} if c.mdief else {}
-            self.fusions = nn.ModuleList(fusion(ch, c.phases, **kwargs) for ch in (w1, w2, w3))
-            self.decoder = Decoder(c.widths)
-            self.seg_head = SegmentationHead(w1, c.num_labels)
+            self.fusions = nn.ModuleList(fusion(ch, c.phases, **kwargs) for ch in skips)
+            self.decoder = Decoder(skips, w4)
+            self.seg_head = SegmentationHead(skips[0], c.num_labels, refine=c.layout == "wide")
             if c.tim:
-                self.prelim_head = nn.Conv2d(w1, 1, 1)
+                self.prelim_head = nn.Conv2d(skips[0], 1, 1)
         # Region descriptors feed the regression and classification heads (and the TDD); a
         # segmentation-only network has no use for them, and parameters without a gradient
         # would stall DistributedDataParallel.
         self.needs_descriptors = bool({"reg", "cls"} & set(c.tasks))
         if self.needs_descriptors:
-            self.tim = TaskInteraction([w1, w2], c.descriptor_dim, c.head_hidden, w1, enabled=c.tim)
+            # TIM pools the two finest skip levels
+            self.tim = TaskInteraction(list(skips[:2]), c.descriptor_dim, c.head_hidden, skips[0], enabled=c.tim)
         if "reg" in c.tasks:
             self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout,
                                            residual=c.tim and c.enhancement_residual)
@@ -223,11 +262,12 @@ class MTINet(nn.Module):
 
     def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
         c = self.config
-        check_input(x, times_s, c.phases)
+        check_input(x, times_s, c.phases, c.downsampling)
         b, p, h, w = x.shape
         folded = x.reshape(b * p, 1, h, w)
         feats = [f.reshape(b, p, *f.shape[1:]) for f in self.encoder(folded)]
-        _, summary, aux = self.phase_mixer(feats[3], times_s)
+        skips, bottleneck = feats[:-1], feats[-1]
+        _, summary, aux = self.phase_mixer(bottleneck, times_s)
         pooled = summary.float().mean((-2, -1))
         aux["pooled"] = pooled
 
@@ -236,7 +276,7 @@ class MTINet(nn.Module):
         if self.has_seg:
             fused = []
             aux["entropy_weights"] = []
-            for fusion, f in zip(self.fusions, feats[:3]):
+            for fusion, f in zip(self.fusions, skips):
                 fmap, weights = fusion(f)
                 fused.append(fmap)
                 if weights is not None:
@@ -248,7 +288,7 @@ class MTINet(nn.Module):
 
         descriptors = None
         if self.needs_descriptors:
-            descriptors, measured = self.tim.describe(x, feats[:2], mask)
+            descriptors, measured = self.tim.describe(x, skips[:2], mask)
             aux["descriptors"] = descriptors
             aux["measured_enhancement"] = measured
 

@@ -91,6 +91,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.adversarial.kind not in GAN_KINDS:
             raise ValueError(f"adversarial.kind must be one of {GAN_KINDS}, not {self.adversarial.kind!r}")
+        step = self.model.downsampling
+        if self.data.image_size % step:
+            halvings = step.bit_length() - 1
+            raise ValueError(f"data.image_size must be a multiple of {step} for the {self.model.layout!r} "
+                             f"layout (the encoder halves it {halvings} times), got {self.data.image_size}")
 
     # --- presets ---------------------------------------------------------------------------------
     @classmethod
@@ -112,7 +117,7 @@ class TrainConfig:
                 name="course",
                 model=ModelConfig(width=16),
                 data=DataConfig(image_size=64, lesion_slice_floor=4, min_lesion_pixels=2),
-                optim=OptimConfig(epochs=9, batch_size=8, lr=2e-3, patience=3),
+                optim=OptimConfig(epochs=16, batch_size=8, lr=2e-3, patience=4),
             )
         if name == "paper":
             return cls(

@@ -65,6 +65,32 @@ def test_spectral_entropy_limits():
     assert spectral_entropy(torch.zeros(4, 4)).item() == pytest.approx(1.0)  # no energy -> uniform
 
 
+def test_spectral_entropy_matches_numpy_with_zeros_and_has_finite_gradients():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 4, 9, 7))
+    x[0, 0] = 0.0  # no energy: uniform
+    x[1, 2, :, :4] = 0.0  # zero positions contribute 0 · log 0 = 0
+    energy = x.reshape(3, 4, -1) ** 2
+    p = energy / np.maximum(energy.sum(-1, keepdims=True), 1e-300)
+    plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    expected = -plogp.sum(-1) / np.log(63)
+    expected[0, 0] = 1.0
+    xt = torch.from_numpy(x).float().requires_grad_(True)
+    entropy = spectral_entropy(xt)
+    np.testing.assert_allclose(entropy.detach().numpy(), expected, atol=1e-5)
+    entropy.sum().backward()
+    assert torch.isfinite(xt.grad).all()
+
+
+def test_haar_gradient_is_the_adjoint_of_the_transform():
+    """The orthonormal Haar transform's gradient is its inverse applied to the band gradients."""
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    bands = haar_dwt2d(x)
+    upstream = [torch.randn_like(b) for b in bands]
+    sum((b * g).sum() for b, g in zip(bands, upstream)).backward()
+    torch.testing.assert_close(x.grad, haar_idwt2d(*upstream))
+
+
 def test_time_encoding_is_smooth_in_time():
     enc = TimeEncoding(16)
     t = torch.tensor([35.0, 36.0, 180.0])

@@ -51,3 +51,19 @@ def test_entropy_weights_limits_and_module_agreement():
         _, weights = module(feats)
         expected = entropy_weights(spectral_entropy(module.branches(feats)), module.temperature)
     torch.testing.assert_close(weights, expected)
+
+
+def test_frequency_branch_projects_then_filters_like_filter_then_project():
+    """The 1×1 projection runs before the high-pass (P times fewer FFTs); with random weights and
+    bias it computes conv(highpass(feats)), the branch as first written."""
+    torch.manual_seed(1)
+    module = MdIEF(4, 3)
+    with torch.no_grad():
+        module.frequency.bias.normal_()
+        feats = torch.randn(2, 3, 4, 16, 12)
+        _, frequency, _ = module.branch_maps(feats)
+        reference = module.frequency(gaussian_highpass(feats, module.highpass_sigma).flatten(1, 2))
+        spatial_reference = module.spatial(feats.flatten(1, 2))
+        spatial, _, _ = module.branch_maps(feats)
+    torch.testing.assert_close(frequency, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spatial, spatial_reference, atol=1e-6, rtol=1e-6)

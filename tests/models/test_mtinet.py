@@ -36,26 +36,44 @@ def make_batch(b=4, p=4, size=32, classes=7, seed=0):
     }
 
 
-@pytest.mark.parametrize("size,phases,classes", [(32, 4, 7), (48, 4, 2), (64, 3, 5), (40, 5, 7)])
-def test_output_shapes(size, phases, classes):
-    model = MTINet(ModelConfig(width=8, phases=phases, num_classes=classes, descriptor_dim=8, head_hidden=16))
+@pytest.mark.parametrize("size,phases,classes,halve", [
+    (32, 4, 7, True), (48, 4, 2, True), (64, 3, 5, True), (80, 5, 7, True),
+    (32, 4, 7, False), (40, 5, 7, False),  # the first release's layout (multiples of 8)
+])
+def test_output_shapes(size, phases, classes, halve):
+    model = MTINet(ModelConfig(width=8, phases=phases, num_classes=classes, descriptor_dim=8, head_hidden=16,
+                               layout="compact" if halve else "wide"))
     batch = make_batch(2, phases, size, classes)
     out = model(batch["image"], batch["times"])
     assert out.seg_logits.shape == (2, 3, size, size)
     assert out.enhancement.shape == (2, phases - 1)
     assert out.class_logits.shape == (2, classes)
-    assert len(out.aux["entropy_weights"]) == 3
-    for level, weights in enumerate(out.aux["entropy_weights"]):
-        assert weights.shape == (2, 3, 8 * 2**level)
-        torch.testing.assert_close(weights.sum(1), torch.ones(2, 8 * 2**level))
+    # skip channels, finest first: halving layout (w, w, 2w, 4w), first release (w, 2w, 4w)
+    skip_channels = [8, 8, 16, 32] if halve else [8, 16, 32]
+    assert [w.shape[-1] for w in out.aux["entropy_weights"]] == skip_channels
+    for weights, channels in zip(out.aux["entropy_weights"], skip_channels):
+        assert weights.shape == (2, 3, channels)
+        torch.testing.assert_close(weights.sum(1), torch.ones(2, channels))
     assert out.aux["phase_attention"].shape == (2, phases, phases)
     assert out.aux["prelim_logits"].shape == (2, 1, size, size)
 
 
+@pytest.mark.parametrize("halve,size,bottleneck", [(True, 64, 4), (False, 64, 8)])
+def test_encoder_layout_bottleneck_and_skips(halve, size, bottleneck):
+    """Each encoder layout puts the bottleneck (8w channels) where its docstring says."""
+    model = MTINet(ModelConfig(width=8, layout="compact" if halve else "wide"))
+    feats = model.encoder(torch.rand(2, 1, size, size))
+    assert feats[-1].shape == (2, 64, bottleneck, bottleneck)
+    assert [f.shape[1] for f in feats[:-1]] == list(model.config.skip_widths)
+    assert [f.shape[-1] for f in feats[:-1]] == [size // 2**k for k in range(len(feats) - 1)]
+
+
 def test_bad_input_is_refused_clearly():
     model = MTINet(width=8)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model(torch.rand(1, 4, 24, 32), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="multiples of 8"):
-        model(torch.rand(1, 4, 30, 32), torch.zeros(1, 4))
+        MTINet(width=8, layout="wide")(torch.rand(1, 4, 30, 32), torch.zeros(1, 4))
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         model(torch.rand(1, 3, 32, 32), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="phase times"):

@@ -28,6 +28,12 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         TrainConfig.from_yaml(path)
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig.preset("huge")
+    # the compact layout halves the slices four times; the first release's three
+    path.write_text("data:\n  image_size: 40\n")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TrainConfig.from_yaml(path)
+    path.write_text("model:\n  layout: wide\ndata:\n  image_size: 40\n")
+    assert TrainConfig.from_yaml(path).data.image_size == 40
 
 
 def _state(model):

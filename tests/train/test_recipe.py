@@ -121,6 +121,24 @@ def test_checkpoints_written_before_the_residual_load_without_it(tmp_path):
         assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
 
 
+def test_checkpoints_written_before_the_compact_layout_load_wide(tmp_path):
+    """A checkpoint whose config has no ``layout`` was trained with the first release's layout
+    (stage 1 at full resolution, bottleneck at H/8): it loads as "wide" and computes the same."""
+    cfg = TrainConfig.preset("quick")
+    cfg.model.layout = "wide"
+    model = build_model(cfg.model)
+    config = cfg.to_dict()
+    del config["model"]["layout"]
+    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
+    loaded, loaded_cfg, _ = load_model(path)
+    assert loaded_cfg.model.layout == "wide" and len(loaded.fusions) == 3
+    x = torch.rand(2, 4, 64, 64) + 0.5
+    with torch.no_grad():
+        expected, got = model.eval()(x, TIMES.repeat(2, 1)), loaded(x, TIMES.repeat(2, 1))
+    assert torch.equal(expected.seg_logits, got.seg_logits)
+    assert torch.equal(expected.class_logits, got.class_logits)
+
+
 def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys):
     """Checked before any work: nothing is generated, trained or written."""
     import importlib.util
