@@ -282,19 +282,32 @@ def run_peer(name: str, **kwargs) -> dict:
                      f"peer {name} {kwargs}")
 
 
+def median_round(runs: list[dict]) -> dict:
+    """Of several measurements of one network (each with ``median_step_s``), the one with the
+    median time (the lower middle one for an even count), with ``rounds`` and every round's time
+    (``round_step_s``) added."""
+    ordered = sorted(runs, key=lambda r: r["median_step_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": len(runs),
+            "round_step_s": [r["median_step_s"] for r in runs]}
+
+
 def setting_label(precision: str, channels_last: bool) -> str:
     """A precision / memory-format setting as the benchmark tables name it: ``"fp32 + channels_last"``."""
     return precision + (" + channels_last" if channels_last else "")
 
 
 def peer_comparison(peak_gflops: float | None, sizes: dict[str, tuple[int, int, int]] | None = None,
-                    repeats: int = 5, log=print) -> tuple[str, str, str, str]:
+                    repeats: int = 5, rounds: int = 3, log=print) -> tuple[str, str, str, str]:
     """The section "Step speed against MONAI BasicUNet": ``(title, command, text, table)``.
 
     At each of ``sizes`` (default :data:`PEER_SIZES`): BasicUNet, our early-fusion U-Net and
     MTI-Net in fp32, and each of ours also in what ``precision: auto`` / ``channels_last: auto``
     picks for it there (BasicUNet measured in the same settings, so every ratio compares like with
     like). ``peak_gflops``: the machine's fp32 matmul peak (``None``: no "of matmul peak" column).
+    Every network is measured in ``rounds`` alternating rounds (BasicUNet, U-Net, MTI-Net,
+    BasicUNet, ...), each a fresh process timing the median of ``repeats`` steps, and the round with
+    the median time is reported: a machine that drifts (a shared host, turbo, other load) then
+    slows every network of a comparison alike instead of whichever happened to run at the time.
     """
     from mtilib.tables import markdown_table
 
@@ -319,13 +332,16 @@ def peer_comparison(peak_gflops: float | None, sizes: dict[str, tuple[int, int, 
             auto_notes.append(f"{label} {arch}: **{auto['label']}** ({auto['reason']})")
             settings[arch] = list(dict.fromkeys([("fp32", False), autos[arch]]))
             settings["basicunet"] = list(dict.fromkeys(settings["basicunet"] + settings[arch]))
-        results: dict[tuple[str, tuple[str, bool]], dict] = {}
-        for net, wanted in settings.items():
-            for precision, channels_last in wanted:
-                kwargs = dict(width=width, batch=batch, size=size, precision=precision,
-                              channels_last=channels_last, repeats=repeats if precision == "fp32" else min(3, repeats))
-                results[net, (precision, channels_last)] = (run_peer("basicunet", **kwargs) if net == "basicunet"
-                                                            else run_isolated("train_step", arch=net, **kwargs))
+        measured: dict[tuple[str, tuple[str, bool]], list[dict]] = {}
+        for _ in range(max(1, rounds)):
+            for net, wanted in settings.items():
+                for precision, channels_last in wanted:
+                    kwargs = dict(width=width, batch=batch, size=size, precision=precision, channels_last=channels_last,
+                                  repeats=repeats if precision == "fp32" else min(3, repeats))
+                    measured.setdefault((net, (precision, channels_last)), []).append(
+                        run_peer("basicunet", **kwargs) if net == "basicunet"
+                        else run_isolated("train_step", arch=net, **kwargs))
+        results = {key: median_round(runs) for key, runs in measured.items()}
         for setting in settings["basicunet"]:
             base = results["basicunet", setting]
             for net in ("basicunet", "unet", "mtinet"):
@@ -346,12 +362,17 @@ def peer_comparison(peak_gflops: float | None, sizes: dict[str, tuple[int, int, 
                     # whole ms and MB: ".3g" would print 1234 as 1.23e+03
                     "parameters": r["parameters"], "ms/step (median)": round(1000 * r["median_step_s"]),
                     "samples/s": r["samples_per_s"], "× BasicUNet": ratio, "goal": goal,
+                    "rounds (ms)": "–".join(str(round(1000 * t)) for t in (min(r["round_step_s"]),
+                                                                            max(r["round_step_s"]))),
                     "peak RSS (MB)": round(r["peak_rss_mb"]),
                     "of matmul peak": (r["achieved_gflops"] / peak_gflops
                                        if r.get("achieved_gflops") and peak_gflops else None),
                 })
     text = (
-        "A training step (forward + backward + AdamW) on random data, each measurement in its own process. "
+        "A training step (forward + backward + AdamW) on random data, each measurement in its own process; "
+        f"{max(1, rounds)} alternating rounds (BasicUNet, U-Net, MTI-Net, BasicUNet, ...), each timing the median "
+        f"of {repeats} steps, and the round with the median time reported, so that a machine that drifts slows "
+        "every network of a comparison alike (the spread column gives the fastest and slowest round). "
         "BasicUNet (`monai.networks.nets.BasicUNet(spatial_dims=2, in_channels=4, out_channels=3, "
         "features=(w, w, 2w, 4w, 8w, w))`: our stage widths w, 2w, 4w, 8w, two 3×3 convolutions with instance "
         "norm per level) takes the four phases as channels and trains with cross-entropy; ours train with the "

@@ -72,11 +72,11 @@ def main(argv=None) -> int:
     from mtilib.bench import peer_comparison, run_isolated
 
     if args.tiny:
-        sizes, repeats, peak = {"tiny": (4, 32, 2)}, 1, run_isolated("matmul", n=256, repeats=1)
+        sizes, repeats, rounds, peak = {"tiny": (4, 32, 2)}, 1, 1, run_isolated("matmul", n=256, repeats=1)
     else:
         sizes = {k: PEER_SIZES[k] for k in (args.sizes or PEER_SIZES)}
-        repeats, peak = 5, run_isolated("matmul", n=2048, repeats=5)
-    title, command, text, table = peer_comparison(peak["gflops"], sizes, repeats=repeats,
+        repeats, rounds, peak = 5, 3, run_isolated("matmul", n=2048, repeats=5)
+    title, command, text, table = peer_comparison(peak["gflops"], sizes, repeats=repeats, rounds=rounds,
                                                   log=lambda m: print(m, file=sys.stderr))
     print("\n".join([f"## {title}", "", f"Command: {command}.", "", text, "", table]))
     return 0

@@ -148,6 +148,39 @@ def test_peer_comparison_ratios_and_goals(monkeypatch):
     assert "met in 2 of 6 rows" in text and "CPU-sized batch" in text
 
 
+def test_peer_comparison_alternates_rounds_and_reports_the_median_round(monkeypatch):
+    """Rounds go BasicUNet, U-Net, MTI-Net, BasicUNet, ...; each network's middle round is reported,
+    so a machine that slows down for a while slows every network alike."""
+    import mtilib.bench as bench
+
+    calls = []
+    drift = iter([1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0])  # round 2 on a busy machine
+    base = {"basicunet": 0.10, "unet": 0.11, "mtinet": 0.30}
+
+    def step(net, kwargs):
+        calls.append(net)
+        s = base[net] * next(drift)
+        return {"median_step_s": s, "samples_per_s": kwargs["batch"] / s, "parameters": 1,
+                "achieved_gflops": 1.0, "peak_rss_mb": 1.0}
+
+    def fake_isolated(name, **kwargs):
+        if name == "fast_paths":
+            return {"label": "fp32", "precision": "fp32", "channels_last": False, "reason": "measured",
+                    "measured": {}, "seconds": 1.0}
+        return step(kwargs["arch"], kwargs)
+
+    monkeypatch.setattr(bench, "peers_missing", lambda: None)
+    monkeypatch.setattr(bench, "run_isolated", fake_isolated)
+    monkeypatch.setattr(bench, "run_peer", lambda name, **kwargs: step(name, kwargs))
+    _, _, text, table = bench.peer_comparison(None, sizes={"tiny": (4, 32, 2)}, rounds=3, log=lambda m: None)
+    assert calls == ["basicunet", "unet", "mtinet"] * 3
+    unet = next(line for line in table.splitlines() if "U-Net" in line)
+    # reported: the middle round (factor 2) of each, so the ratio is the true 1.1, with the spread
+    assert "| 220 |" in unet and "| 1.1 |" in unet and "110–330" in unet
+    assert "3 alternating rounds" in text
+    assert bench.median_round([{"median_step_s": t} for t in (4.0, 1.0, 3.0, 2.0)])["median_step_s"] == 2.0
+
+
 def test_peer_comparison_is_skipped_without_monai(monkeypatch):
     import mtilib.bench as bench
 
