@@ -55,6 +55,25 @@ def _step_figures(median_s: float, batch: int, macs_per_sample: int | None, mode
     }
 
 
+def _median_train_step(model: torch.nn.Module, forward, loss_of, dev: torch.device, precision: str,
+                       repeats: int, warmup: int = 1) -> float:
+    """Median seconds of a training step: ``forward()`` under ``precision``'s autocast,
+    ``loss_of(output)`` outside it, backward and an AdamW step on ``model``'s parameters."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        with autocast(dev, precision):
+            out = forward()
+        loss = loss_of(out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return statistics.median(_timed(step, repeats, warmup=warmup))
+
+
 # --- single measurements (run inside a subprocess) --------------------------------------------------
 
 def measure_train_step(arch: str = "mtinet", width: int = 32, batch: int = 8, size: int = 96,
@@ -74,7 +93,6 @@ def measure_train_step(arch: str = "mtinet", width: int = 32, batch: int = 8, si
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, cfg.phases, size, size, device=dev) + 0.5
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -86,21 +104,13 @@ def measure_train_step(arch: str = "mtinet", width: int = 32, batch: int = 8, si
         "has_lesion": torch.arange(batch, device=dev) % 2 == 0,
     }
 
-    def step():
-        with autocast(dev, precision):
-            out = step_model(batch_data["image"], batch_data["times"])
-        loss, _ = multitask_loss(out, batch_data, LossWeights())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times = _timed(step, repeats, warmup=3 if compile else 1)
+    median = _median_train_step(model, lambda: step_model(batch_data["image"], batch_data["times"]),
+                                lambda out: multitask_loss(out, batch_data, LossWeights())[0], dev, precision,
+                                repeats, warmup=3 if compile else 1)
     # model_summary counts one sample (batch 1); _step_figures scales it to the batch
     return {"arch": arch, "width": width, "batch": batch, "size": size, "precision": precision,
             "channels_last": channels_last, "compile": compile, "device": device,
-            **_step_figures(statistics.median(times), batch, macs, model, dev)}
+            **_step_figures(median, batch, macs, model, dev)}
 
 
 def measure_step_of(build, batch: int = 8, size: int = 96, precision: str = "fp32", channels_last: bool = False,
@@ -125,26 +135,14 @@ def measure_step_of(build, batch: int = 8, size: int = 96, precision: str = "fp3
     model = model.to(dev).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, in_channels, size, size, device=dev) + 0.5
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     label = torch.randint(0, num_labels, (batch, size, size), device=dev)
-
-    def step():
-        with autocast(dev, precision):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times = _timed(step, repeats)
+    median = _median_train_step(model, lambda: model(x), lambda logits: F.cross_entropy(logits.float(), label),
+                                dev, precision, repeats)
     return {"network": type(model).__name__, "batch": batch, "size": size, "precision": precision,
-            "channels_last": channels_last, "device": device,
-            **_step_figures(statistics.median(times), batch, macs, model, dev)}
+            "channels_last": channels_last, "device": device, **_step_figures(median, batch, macs, model, dev)}
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: str = "fp32") -> dict:
@@ -411,26 +409,6 @@ def measure_course(quick: bool, out: Path) -> list[dict]:
     return rows
 
 
-def _heldout_seed(data: dict, training: dict) -> str:
-    """Where the held-out phantom's seed is known: the evaluation file, the checkpoint's training
-    record, else the constant of ``scripts/make_checkpoint.py`` that wrote it (read, not imported)."""
-    import ast
-
-    from mtilib.course import REPO_ROOT
-
-    for source, where in ((data, "the evaluation file"), (training, "the checkpoint")):
-        for key in ("seed", "heldout_seed"):
-            if source.get(key) is not None:
-                return f"seed {source[key]} (recorded in {where})"
-    script = REPO_ROOT / "scripts" / "make_checkpoint.py"
-    if script.exists():
-        for node in ast.parse(script.read_text()).body:
-            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                    and any(isinstance(t, ast.Name) and t.id == "HELDOUT_SEED" for t in node.targets)):
-                return f"seed {node.value.value} (`HELDOUT_SEED` of `scripts/make_checkpoint.py`)"
-    return "the seed recorded by `make checkpoint`"
-
-
 def time_to_accuracy(checkpoint: Path, figure: Path, figure_link: str, targets: dict | None = None
                      ) -> tuple[str, str, str, str] | None:
     """The section "Time to accuracy" for the shipped checkpoint: draws ``figure`` (PNG) from its
@@ -459,10 +437,14 @@ def time_to_accuracy(checkpoint: Path, figure: Path, figure_link: str, targets: 
         data = json.loads(heldout_path.read_text())
         heldout = headline_metrics(data["summary"])
         per_class = Counter(c.get("true_class") for c in data.get("cases", []))
+        # make checkpoint records the held-out seed in the checkpoint it evaluates
+        seed = training.get("heldout_seed")
+        seed_text = ("the seed recorded by `make checkpoint`" if seed is None
+                     else f"seed {seed} (recorded in the checkpoint)")
         per_class_text = (f", {next(iter(per_class.values()))} per class"
                           if per_class and len(set(per_class.values())) == 1 else "")
         heldout_text = (f"Held-out evaluation (`{heldout_path.name}`): {heldout.get('n_cases')} phantom cases"
-                        f"{per_class_text}, {_heldout_seed(data, training)}, evaluated per case.")
+                        f"{per_class_text}, {seed_text}, evaluated per case.")
     rows = []
     for metric, (op, target) in targets.items():
         values = [r.get(f"val_{metric}") for r in history if r.get(f"val_{metric}") is not None]

@@ -47,7 +47,6 @@ def _heads_forward(reg_head, cls_head, rows: dict):
 
 
 @torch.no_grad()
-@torch.no_grad()  # a measurement: no autograd graph for the heads or D
 def _evaluate(reg_head, cls_head, disc, rows: dict, cfg: TrainConfig) -> dict:
     reg_head.eval()
     cls_head.eval()
