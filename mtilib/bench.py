@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mtilib.runtime import autocast, cpu_flags, cpu_name, info, versions
+from mtilib.runtime import autocast, cpu_flags, cpu_name, info, optimizer_kernel, versions
 
 
 def _peak_rss_mb() -> float:
@@ -59,7 +59,7 @@ def _median_train_step(model: torch.nn.Module, forward, loss_of, dev: torch.devi
                        repeats: int, warmup: int = 1) -> float:
     """Median seconds of a training step: ``forward()`` under ``precision``'s autocast,
     ``loss_of(output)`` outside it, backward and an AdamW step on ``model``'s parameters."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_kernel(dev))
 
     def step():
         with autocast(dev, precision):

@@ -86,6 +86,13 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
+def optimizer_kernel(device: torch.device) -> dict:
+    """Keyword for ``torch.optim.Adam``/``AdamW``: the fused kernel (all parameters in one pass) on
+    CPU and CUDA, ``foreach`` elsewhere. torch's default on a CPU is a loop over the parameter
+    tensors: 11.5 ms per step for MTI-Net's 166 tensors on 2 cores, against 1.7 ms fused."""
+    return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {"foreach": True}
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
     random.seed(seed)

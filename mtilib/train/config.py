@@ -102,8 +102,10 @@ class TrainConfig:
     def preset(cls, name: str) -> TrainConfig:
         """``quick``: CI and QUICK notebooks (seconds). ``course``: the shipped checkpoint, under
         15 minutes on 2 CPU cores (batch 8: on a CPU a step costs the same per sample at batch 8 as
-        at 16, and twice the updates per sample converge sooner). ``paper``: full size (DESIGN §3
-        widths, 128² slices) for a GPU."""
+        at 16, and twice the updates per sample converge sooner; no geometric augmentation: train
+        and test phantoms come from one generator, and the rotation's bilinear resampling blurred
+        lesions of a few pixels; with it the held-out Dice was 0.886 and MAE 0.113, without it 0.903
+        and 0.100). ``paper``: full size (DESIGN §3 widths, 128² slices) for a GPU, with augmentation."""
         if name == "quick":
             return cls(
                 name="quick",
@@ -116,8 +118,8 @@ class TrainConfig:
             return cls(
                 name="course",
                 model=ModelConfig(width=16),
-                data=DataConfig(image_size=64, lesion_slice_floor=4, min_lesion_pixels=2),
-                optim=OptimConfig(epochs=16, batch_size=8, lr=2e-3, patience=4),
+                data=DataConfig(image_size=64, lesion_slice_floor=4, min_lesion_pixels=2, augment=False),
+                optim=OptimConfig(epochs=12, batch_size=8, lr=2e-3, patience=3),
             )
         if name == "paper":
             return cls(

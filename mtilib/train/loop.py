@@ -29,7 +29,15 @@ from mtilib.data.io import load_case, read_dataset
 from mtilib.losses import multitask_loss
 from mtilib.metrics import headline_metrics
 from mtilib.models import build_discriminator, build_model
-from mtilib.runtime import autocast, gather_rng_states, restore_rng_states, seed_everything, select_device, versions
+from mtilib.runtime import (
+    autocast,
+    gather_rng_states,
+    optimizer_kernel,
+    restore_rng_states,
+    seed_everything,
+    select_device,
+    versions,
+)
 from mtilib.train.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from mtilib.train.config import TrainConfig
 from mtilib.train.fastpath import choose_fast_paths
@@ -173,10 +181,12 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         disc = disc.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                  **optimizer_kernel(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     d_optimizer = (
-        torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+        torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas),
+                         **optimizer_kernel(device))
         if disc is not None else None
     )
     class_weights = class_weight_tensor(train_volumes, cfg.model.num_classes).to(device) \

@@ -114,3 +114,43 @@ def test_every_precision_and_memory_format_trains(precision, channels_last, tmp_
 def test_fast_paths_report_is_json_ready():
     report = fastpath.fast_paths_report(FastPaths("fp32", False, "why", {"fp32": 0.25, "bf16": None}))
     assert json.loads(json.dumps(report))["ms_per_step"] == {"fp32": 250.0, "bf16": None}
+
+
+def test_optimizer_kernel_is_fused_on_cpu_and_cuda_and_foreach_elsewhere():
+    from mtilib.runtime import optimizer_kernel
+    assert optimizer_kernel(CPU) == {"fused": True}
+    assert optimizer_kernel(torch.device("cuda")) == {"fused": True}
+    assert optimizer_kernel(torch.device("mps")) == {"foreach": True}
+
+
+@pytest.mark.parametrize("kernel", [{"fused": True}, {"foreach": True}])
+def test_fused_and_foreach_adamw_follow_the_per_parameter_loop(kernel):
+    """The kernels compute the same update as torch's reference loop (to float rounding), with weight
+    decay, after gradient clipping, over several steps and parameters of different shapes."""
+    from mtilib.models import build_model
+    torch.manual_seed(0)
+    reference = build_model(TINY)
+    other = build_model(TINY)
+    other.load_state_dict(reference.state_dict())
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2, **kw)
+            for m, kw in ((reference, {"foreach": False}), (other, kernel))]
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in reference.parameters()]
+        for model, opt in zip((reference, other), opts):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    for (name, a), b in zip(reference.named_parameters(), other.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_uses_the_fused_optimizer_on_cpu(tmp_path):
+    cfg = TrainConfig(model=TINY)
+    cfg.optim.epochs, cfg.optim.batch_size, cfg.data.image_size = 1, 4, 32
+    cfg.precision, cfg.channels_last = "fp32", False
+    from mtilib.train import load_checkpoint, load_volumes, train
+    volumes = load_volumes(DEFAULT_DATA, "train")[:4]
+    train(cfg, None, tmp_path, train_volumes=volumes, val_volumes=[], progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["optimizer"]["param_groups"][0]["fused"] is True
