@@ -103,9 +103,9 @@ class TrainConfig:
         """``quick``: CI and QUICK notebooks (seconds). ``course``: the shipped checkpoint, under
         15 minutes on 2 CPU cores (batch 8: on a CPU a step costs the same per sample at batch 8 as
         at 16, and twice the updates per sample converge sooner; no geometric augmentation: train
-        and test phantoms come from one generator, and the rotation's bilinear resampling blurred
-        lesions of a few pixels; with it the held-out Dice was 0.886 and MAE 0.113, without it 0.903
-        and 0.100). ``paper``: full size (DESIGN §3 widths, 128² slices) for a GPU, with augmentation."""
+        and test phantoms come from one generator, and the rotation's bilinear resampling blurs
+        lesions of a few pixels; the measurements are in docs/DESIGN.md, "the course recipe").
+        ``paper``: full size (DESIGN §3 widths, 128² slices) for a GPU, with augmentation."""
         if name == "quick":
             return cls(
                 name="quick",

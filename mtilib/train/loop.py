@@ -181,12 +181,12 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         disc = disc.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    kernel = optimizer_kernel(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                  **optimizer_kernel(device))
+                                  **kernel)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     d_optimizer = (
-        torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas),
-                         **optimizer_kernel(device))
+        torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas), **kernel)
         if disc is not None else None
     )
     class_weights = class_weight_tensor(train_volumes, cfg.model.num_classes).to(device) \
