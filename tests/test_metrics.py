@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -578,3 +580,12 @@ def test_case_metrics_rejects_bad_input():
     with pytest.raises(ValueError, match="scalar"):
         cm.add("y", note=[1, 2])
     assert len(cm) == 1  # failed adds leave no trace
+
+
+def test_import_leaves_sklearn_and_scipy_stats_for_later():
+    """Importing the metrics (every notebook and training run does) must not pay for sklearn and
+    scipy.stats (1.2 s together on a 2-core laptop); they are imported by the functions that use them."""
+    code = ("import sys, mtilib.metrics; "
+            "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
