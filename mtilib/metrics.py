@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 # scipy.stats and sklearn.metrics are imported where they are used: together they cost 1.2 s at
 # import on a 2-core laptop, paid by every notebook and training run that imports this module.
+from scipy import ndimage
 
 from mtilib.constants import CLASS_NAMES, PHASES
 from mtilib.jsonable import json_ready
