@@ -825,42 +825,49 @@ def _hemangioma(*, rng, atypical, radius, rho, u, tissue, t10, **_) -> tuple[_Pa
         out = tissue(**base, delay=_u(rng, 0.0, 3.0))
     else:
         out = tissue(**base)
-        # Peripheral nodules: a few directions where blood arrives at once; between them the
-        # periphery waits a little; the arrival delay grows toward the centre (fill-in).
-        n_nodules = int(rng.integers(6, 12))
+        # Peripheral nodular discontinuous enhancement: a few puddles of blood just inside the
+        # margin fill with the arterial blood pool (high plasma volume, arterial input, no delay);
+        # the rest of the lesion fills in centripetally (arrival delay growing toward the centre).
+        # Nodules are 4-7 mm in radius (radiology describes puddles of several millimetres up to
+        # about a centimetre), sized in millimetres, not as a fraction of the lesion, so that they
+        # cover at least part of a voxel on every preset's grid (5.6-7.5 mm voxels), and at most
+        # 0.35 of the radius, so that a small lesion keeps an unenhanced centre.
+        n_nodules = int(rng.integers(3, 8))
         nod_dirs = rng.normal(size=(n_nodules, 3))
         nod_dirs /= np.linalg.norm(nod_dirs, axis=1, keepdims=True)
-        nod_centres = nod_dirs * rng.uniform(0.82, 0.92, (n_nodules, 1))  # just inside the margin
-        nod_size = _u(rng, 0.12, 0.2)  # in units of the radius
+        nod_size = min(_u(rng, 4.0, 7.0), 0.35 * radius) / radius  # in units of the radius
+        nod_centres = nod_dirs * (1.0 - nod_size * rng.uniform(0.7, 1.0, (n_nodules, 1)))  # touching the margin
         position = u * rho[:, None]
         gap = np.min(np.linalg.norm(position[:, None, :] - nod_centres[None], axis=2), axis=1)
-        nodule = 1.0 - _logistic(gap, nod_size, 0.02)
-        periphery = _logistic(rho, 0.7, 0.04)
+        # peripheral: flattened against the margin, never reaching deeper than 1.5 nodule radii
+        nodule = (1.0 - _logistic(gap, nod_size, 0.1 * nod_size)) * _logistic(rho, 1.0 - 1.5 * nod_size, 0.05)
         d_max = _u(rng, 110.0, 190.0)
         gamma = _u(rng, 0.8, 1.2)
         rim_wait = _u(rng, 15, 30)
-        out.delay = d_max * (1.0 - np.clip(rho, 0, 1)) ** gamma + (1 - nodule) * periphery * rim_wait
-        out.delay *= 1.0 - nodule * periphery  # nodules at the rim: no extra delay
-        out.vp = out.vp * (1 + 0.4 * nodule * periphery)
+        out.delay = (d_max * (1.0 - np.clip(rho, 0, 1)) ** gamma + rim_wait) * (1.0 - nodule)
+        out.vp = out.vp + nodule * (_u(rng, 0.6, 0.8) - out.vp)  # a nodule is mostly blood
+        out.fa = out.fa + nodule * (0.95 - out.fa)  # fed by the hepatic artery
     return out, presentation
 
 
 def _icc(*, rng, atypical, radius, u, depth, tissue, t10, **_) -> tuple[_Params, str]:
-    """Intrahepatic cholangiocarcinoma: an enhancing irregular rim, a fibrous core that fills late;
-    atypical: hypervascular throughout."""
+    """Intrahepatic cholangiocarcinoma (mass-forming): a thin irregular arterial rim around a fibrous
+    core whose large interstitium fills slowly and holds the contrast, so the lesion's mean
+    enhancement rises or plateaus into the delayed phase; atypical: hypervascular throughout."""
     presentation = "typical"
-    rim = tissue(ktrans=_u(rng, 1.0, 1.5), ve=_u(rng, 0.2, 0.3), vp=_u(rng, 0.08, 0.12),
+    rim = tissue(ktrans=_u(rng, 0.7, 1.0), ve=_u(rng, 0.3, 0.4), vp=_u(rng, 0.05, 0.09),
                  fa=_u(rng, 0.7, 0.85), t10=t10("ICC"), m0=TISSUES["ICC"].m0)
     if atypical:
         presentation = "hypervascular"
         out = rim
-        out.ktrans = out.ktrans * 1.3
+        out.ktrans = _u(rng, 1.3, 1.9) * np.ones_like(out.ktrans)
+        out.vp[:] = _u(rng, 0.08, 0.12)
         out.fa[:] = _u(rng, 0.8, 0.9)
     else:
-        core = tissue(ktrans=_u(rng, 0.08, 0.15), ve=_u(rng, 0.45, 0.6), vp=_u(rng, 0.01, 0.03),
-                      fa=0.5, t10=t10("ICC"), m0=TISSUES["ICC"].m0)
+        core = tissue(ktrans=_u(rng, 0.08, 0.16), ve=_u(rng, 0.55, 0.7), vp=_u(rng, 0.01, 0.03),
+                      fa=0.5, delay=_u(rng, 5.0, 15.0), t10=t10("ICC"), m0=TISSUES["ICC"].m0)
         irregular = _angular_field(rng, 5, (2.0, 4.0))(u)
-        rim_mm = min(_u(rng, 2.5, 5.0), 0.3 * radius) * (1 + 0.35 * irregular)
+        rim_mm = min(_u(rng, 1.5, 3.5), 0.2 * radius) * (1 + 0.35 * irregular)
         out = rim.blend(core, _logistic(depth, rim_mm, 0.6))
     return out, presentation
 

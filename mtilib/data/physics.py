@@ -47,7 +47,8 @@ def parker_aif_blood(t_s, delay_s: float = 0.0, scale: float = 1.0) -> np.ndarra
     """Parker population AIF: whole-blood gadolinium concentration (mM) at times ``t_s`` (s).
 
     ``delay_s`` shifts the curve (bolus arrival delay); the curve is zero before its own time
-    origin (the published form is only defined for t >= 0, where it starts at 0.06 mM).
+    origin (the published form is only defined for t >= 0, where it starts at 0.080 mM: the
+    tails of its two Gaussians, 0.059 + 0.022; the sigmoid-modulated exponential adds 1e-8).
     ``scale`` multiplies it (dose / cardiac-output variation between patients). The first-pass
     peak is about 6.1 mM at 0.17 min (10.2 s) after the time origin.
     """

@@ -40,6 +40,7 @@ class EarlyFusionUNet(nn.Module):
 BASELINES = {
     "mtinet": "MTI-Net, all modules",
     "no_mdief": "MTI-Net without MdIEF (1×1-conv fusion)",
+    "mdief_spectral": "MTI-Net, MdIEF weighting its views by spectral entropy instead of entropy over positions",
     "no_transformer": "MTI-Net without the phase Transformer (mean over phases)",
     "no_tim": "MTI-Net without TIM (no pooling, FiLM or consistency loss)",
     "no_tdd": "MTI-Net without the adversarial discriminator",
@@ -56,11 +57,13 @@ def baseline_config(name: str, base: ModelConfig | None = None) -> ModelConfig:
     if name not in BASELINES:
         raise ValueError(f"unknown network {name!r}; choose from {', '.join(BASELINES)}")
     data = (base or ModelConfig()).to_dict()
-    data.update(arch="mtinet", mdief=True, transformer=True, tim=True, tdd=True, tasks=("seg", "reg", "cls"))
+    data.update(arch="mtinet", mdief=True, mdief_entropy="spatial", transformer=True, tim=True, tdd=True,
+                tasks=("seg", "reg", "cls"))
     off = dict(mdief=False, transformer=False, tim=False, tdd=False)
     changes = {
         "mtinet": {},
         "no_mdief": {"mdief": False},
+        "mdief_spectral": {"mdief_entropy": "spectral"},
         "no_transformer": {"transformer": False},
         "no_tim": {"tim": False},
         "no_tdd": {"tdd": False},

@@ -152,18 +152,13 @@ def gaussian_highpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.fft.irfft2(spectrum * response, s=(height, width)).to(dtype)
 
 
-#: Energies below this count as zero inside the logarithm of :func:`spectral_entropy`.
+#: Energies below this count as zero inside the logarithm of the entropies below.
 TINY_ENERGY = 1e-30
 
 
-def spectral_entropy(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Normalised entropy of the energy distribution over positions.
-
-    ``p = x² / Σ x²`` over the last two axes, ``H = -Σ p log p / log(H·W)``: 1 for energy spread
-    uniformly, 0 for a single spike (all energy in one position). ``(..., H, W) -> (...)``.
-    A map with no energy counts as uniform (H = 1): it carries no structure to prefer.
-    """
-    energy = x.float().pow(2).flatten(-2)
+def _normalised_entropy(energy: torch.Tensor, eps: float) -> torch.Tensor:
+    """``-Σ p log p / log n`` of ``p = energy / Σ energy`` over the last axis (``n`` entries);
+    no energy counts as uniform (1)."""
     n = energy.shape[-1]
     if n == 1:
         return energy.new_zeros(energy.shape[:-1])
@@ -176,6 +171,29 @@ def spectral_entropy(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     entropy = torch.log(safe_total) - e_log_e / safe_total
     # a map with (numerically) no energy counts as uniform
     return torch.where(total > eps, entropy / math.log(n), torch.ones_like(entropy))
+
+
+def spatial_entropy(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalised entropy of the energy distribution over *positions* (MdIEF's default).
+
+    ``p = x² / Σ x²`` over the last two axes, ``H = -Σ p log p / log(H·W)``: 1 for energy spread
+    uniformly, 0 for a single spike (all energy in one position). ``(..., H, W) -> (...)``.
+    A map with no energy counts as uniform (H = 1): it carries no structure to prefer.
+    """
+    return _normalised_entropy(x.float().pow(2).flatten(-2), eps)
+
+
+def spectral_entropy(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalised entropy of the power spectrum over *spatial frequencies* (the signal-processing
+    "spectral entropy").
+
+    ``p = |F(x)|² / Σ |F(x)|²`` over the H·W bins of the 2D DFT (DC included),
+    ``H = -Σ p log p / log(H·W)``: 0 for a constant map (all power at DC), 1 for a single spike or
+    white noise (flat spectrum); smooth maps score low, fine texture and edges high, so it ranks
+    maps roughly opposite to :func:`spatial_entropy`. ``(..., H, W) -> (...)``; no energy: 1.
+    """
+    power = torch.fft.fft2(x.float(), norm="ortho").abs().pow(2)
+    return _normalised_entropy(power.flatten(-2), eps)
 
 
 class TimeEncoding(nn.Module):

@@ -1,15 +1,18 @@
 """MdIEF: Multi-domain Information Entropy Fusion of the per-phase feature maps (DESIGN §3.3).
 
 Our reading of the paper's abstract: three branches look at the P phase maps of one skip level
-from three domains, and each branch's *spectral entropy* decides, per channel, how much it counts.
+from three domains, and each branch's *information entropy* decides, per channel, how much it counts.
 
 - spatial:   1×1 conv over the stacked phases (what a plain fusion would do);
 - frequency: Gaussian high-pass in the 2D Fourier domain of each phase map, then 1×1 conv;
 - wavelet:   Haar detail bands (LH, HL, HH) of each phase map, 1×1 conv, bilinear back to full size.
 
-For branch b and channel c, ``H[b, c]`` is the normalised entropy of the energy over positions
-(:func:`~mtilib.models.blocks.spectral_entropy`). Low entropy means energy concentrated on a few
-structures (edges, a lesion rim), so weights ``softmax_b(-H / τ)`` favour it; ``τ`` is learnable.
+For branch b and channel c, ``H[b, c]`` is by default the normalised entropy of the energy over
+positions (``entropy="spatial"``, :func:`~mtilib.models.blocks.spatial_entropy`): low entropy means
+energy concentrated on a few structures (edges, a lesion rim). ``entropy="spectral"`` uses the
+entropy of the normalised power spectrum instead (:func:`~mtilib.models.blocks.spectral_entropy`,
+the signal-processing "spectral entropy": low for smooth maps). Either way the weights
+``softmax_b(-H / τ)`` favour the lowest-entropy branch; ``τ`` is learnable.
 Output: ``ConvNormAct(Σ_b w_b · branch_b) + spatial`` (the spatial branch as a residual).
 """
 
@@ -19,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtilib.models.blocks import ConvNormAct, gaussian_highpass, haar_dwt2d, spectral_entropy
+from mtilib.models.blocks import ConvNormAct, gaussian_highpass, haar_dwt2d, spatial_entropy, spectral_entropy
 
 BRANCHES = ("spatial", "frequency", "wavelet")
+#: What the branch weights measure: ``"spatial"`` (energy over positions) or ``"spectral"`` (power
+#: over spatial frequencies).
+ENTROPIES = {"spatial": spatial_entropy, "spectral": spectral_entropy}
 #: Initial softmax temperature τ of the branch weights: entropies of feature maps differ by a few
 #: hundredths, so a small τ is needed for the weights to move away from uniform at all.
 INITIAL_TEMPERATURE = 0.1
@@ -54,12 +60,16 @@ class MdIEF(nn.Module):
     """Entropy-weighted fusion of spatial, frequency and wavelet views of P phase maps.
 
     ``feats (B, P, C, h, w) -> fused (B, C, h, w), weights (B, 3, C)`` (branch order
-    :data:`BRANCHES`). ``highpass_sigma`` is the Gaussian width in cycles/pixel.
+    :data:`BRANCHES`). ``highpass_sigma`` is the Gaussian width in cycles/pixel; ``entropy`` names
+    what the branch weights measure (:data:`ENTROPIES`).
     """
 
-    def __init__(self, channels: int, phases: int, highpass_sigma: float = 0.1):
+    def __init__(self, channels: int, phases: int, highpass_sigma: float = 0.1, entropy: str = "spatial"):
         super().__init__()
+        if entropy not in ENTROPIES:
+            raise ValueError(f"entropy must be one of {tuple(ENTROPIES)}, not {entropy!r}")
         self.highpass_sigma = highpass_sigma
+        self.entropy = entropy
         self.spatial = nn.Conv2d(phases * channels, channels, 1)
         self.frequency = nn.Conv2d(phases * channels, channels, 1)
         self.wavelet = nn.Conv2d(3 * phases * channels, channels, 1)
@@ -96,7 +106,8 @@ class MdIEF(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.branch_maps(feats)
-        entropy = torch.stack([spectral_entropy(m) for m in maps], dim=1)  # (B, 3, C)
+        entropy_of = ENTROPIES[self.entropy]
+        entropy = torch.stack([entropy_of(m) for m in maps], dim=1)  # (B, 3, C)
         weights = entropy_weights(entropy, self.temperature)
         w = weights.to(maps[0].dtype)[..., None, None]
         # the weighted sum branch by branch: no (B, 3, C, h, w) stack to copy forward and back

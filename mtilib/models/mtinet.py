@@ -71,6 +71,9 @@ class ModelConfig:
     layout: str = "compact"
     cls_hidden: int = 128  # hidden width of the classification head
     highpass_sigma: float = 0.1
+    # What MdIEF's branch weights measure: "spatial" (entropy of each branch's energy over
+    # positions; the default and the first release's) or "spectral" (entropy of its power spectrum).
+    mdief_entropy: str = "spatial"
     dropout: float = 0.1  # in the task heads
     transformer_dropout: float = 0.0  # in the phase Transformer and the TDD
     tdd_dim: int = 64
@@ -84,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
+        if self.mdief_entropy not in ("spatial", "spectral"):
+            raise ValueError(f"mdief_entropy must be 'spatial' or 'spectral', not {self.mdief_entropy!r}")
         if self.arch not in ("mtinet", "unet"):
             raise ValueError(f"arch must be 'mtinet' or 'unet', not {self.arch!r}")
         if self.arch == "unet" and self.tasks != ("seg",):
@@ -238,7 +243,7 @@ class MTINet(nn.Module):
         self.has_seg = "seg" in c.tasks
         if self.has_seg:
             fusion = MdIEF if c.mdief else PlainFusion
-            kwargs = {"highpass_sigma": c.highpass_sigma} if c.mdief else {}
+            kwargs = {"highpass_sigma": c.highpass_sigma, "entropy": c.mdief_entropy} if c.mdief else {}
             self.fusions = nn.ModuleList(fusion(ch, c.phases, **kwargs) for ch in skips)
             self.decoder = Decoder(skips, w4)
             self.seg_head = SegmentationHead(skips[0], c.num_labels, refine=c.layout == "wide")

@@ -11,6 +11,7 @@ from mtilib.models.blocks import (
     gaussian_highpass,
     haar_dwt2d,
     haar_idwt2d,
+    spatial_entropy,
     spectral_entropy,
 )
 
@@ -53,19 +54,19 @@ def test_gaussian_highpass_removes_constant_and_keeps_fine_detail():
     torch.testing.assert_close(out[0], checker.float(), atol=1e-3, rtol=0)  # Nyquist passes (~1)
 
 
-def test_spectral_entropy_limits():
+def test_spatial_entropy_limits():
     uniform = torch.ones(2, 3, 8, 8)
-    torch.testing.assert_close(spectral_entropy(uniform), torch.ones(2, 3))
+    torch.testing.assert_close(spatial_entropy(uniform), torch.ones(2, 3))
     spike = torch.zeros(8, 8)
     spike[3, 5] = 7.0
-    assert spectral_entropy(spike).item() == pytest.approx(0.0, abs=1e-6)
+    assert spatial_entropy(spike).item() == pytest.approx(0.0, abs=1e-6)
     half = torch.zeros(8, 8)
     half[:4] = 1.0  # energy uniform over 32 of 64 positions -> log(32)/log(64)
-    assert spectral_entropy(half).item() == pytest.approx(np.log(32) / np.log(64), rel=1e-5)
-    assert spectral_entropy(torch.zeros(4, 4)).item() == pytest.approx(1.0)  # no energy -> uniform
+    assert spatial_entropy(half).item() == pytest.approx(np.log(32) / np.log(64), rel=1e-5)
+    assert spatial_entropy(torch.zeros(4, 4)).item() == pytest.approx(1.0)  # no energy -> uniform
 
 
-def test_spectral_entropy_matches_numpy_with_zeros_and_has_finite_gradients():
+def test_spatial_entropy_matches_numpy_with_zeros_and_has_finite_gradients():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3, 4, 9, 7))
     x[0, 0] = 0.0  # no energy: uniform
@@ -76,10 +77,35 @@ def test_spectral_entropy_matches_numpy_with_zeros_and_has_finite_gradients():
     expected = -plogp.sum(-1) / np.log(63)
     expected[0, 0] = 1.0
     xt = torch.from_numpy(x).float().requires_grad_(True)
+    entropy = spatial_entropy(xt)
+    np.testing.assert_allclose(entropy.detach().numpy(), expected, atol=1e-5)
+    entropy.sum().backward()
+    assert torch.isfinite(xt.grad).all()
+
+
+def test_spectral_entropy_limits_and_numpy_reference():
+    """Entropy of the normalised power spectrum: 0 for a constant map (all power at DC), 1 for a
+    spike (flat spectrum), and equal to numpy's FFT-based computation on random maps."""
+    constant = torch.full((2, 8, 8), 3.0)
+    torch.testing.assert_close(spectral_entropy(constant), torch.zeros(2), atol=1e-6, rtol=0)
+    spike = torch.zeros(8, 8)
+    spike[3, 5] = 7.0
+    assert spectral_entropy(spike).item() == pytest.approx(1.0, abs=1e-6)
+    assert spectral_entropy(torch.zeros(4, 4)).item() == pytest.approx(1.0)  # no energy -> uniform
+    x = np.random.default_rng(3).normal(size=(3, 9, 7))
+    power = np.abs(np.fft.fft2(x)) ** 2
+    p = (power / power.sum(axis=(-2, -1), keepdims=True)).reshape(3, -1)
+    expected = -(p * np.log(p)).sum(-1) / np.log(63)
+    xt = torch.from_numpy(x).float().requires_grad_(True)
     entropy = spectral_entropy(xt)
     np.testing.assert_allclose(entropy.detach().numpy(), expected, atol=1e-5)
     entropy.sum().backward()
     assert torch.isfinite(xt.grad).all()
+    # a smooth ramp puts its power in few low frequencies: lower spectral, higher spatial entropy
+    ramp = torch.linspace(0, 1, 16)[None, :].expand(16, 16)
+    noise = torch.from_numpy(np.random.default_rng(4).normal(size=(16, 16))).float()
+    assert spectral_entropy(ramp) < spectral_entropy(noise)
+    assert spatial_entropy(ramp) > 0.9
 
 
 def test_haar_gradient_is_the_adjoint_of_the_transform():

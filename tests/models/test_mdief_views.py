@@ -1,9 +1,10 @@
 """MdIEF with neutral projections shows its three domain views unchanged (course notebook 03)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from mtilib.models.blocks import gaussian_highpass, haar_dwt2d, spectral_entropy
+from mtilib.models.blocks import gaussian_highpass, haar_dwt2d, spatial_entropy, spectral_entropy
 from mtilib.models.mdief import MdIEF, entropy_weights, neutral_projections_
 
 
@@ -33,7 +34,7 @@ def test_neutral_weights_follow_the_entropy_order():
     module = neutral_projections_(MdIEF(1, 1))
     x = _disc()[None, None, None]
     with torch.no_grad():
-        entropy = spectral_entropy(module.branches(x))[0, :, 0]
+        entropy = spatial_entropy(module.branches(x))[0, :, 0]
         _, weights = module(x)
     assert torch.argmax(weights[0, :, 0]) == torch.argmin(entropy)
     torch.testing.assert_close(weights.sum(1), torch.ones(1, 1))
@@ -49,8 +50,23 @@ def test_entropy_weights_limits_and_module_agreement():
     module, feats = MdIEF(4, 2), torch.randn(1, 2, 4, 8, 8)
     with torch.no_grad():
         _, weights = module(feats)
-        expected = entropy_weights(spectral_entropy(module.branches(feats)), module.temperature)
+        expected = entropy_weights(spatial_entropy(module.branches(feats)), module.temperature)
     torch.testing.assert_close(weights, expected)
+
+
+def test_spectral_entropy_switch_weights_by_the_power_spectrum():
+    torch.manual_seed(0)
+    spatial, spectral = MdIEF(4, 2), MdIEF(4, 2, entropy="spectral")
+    spectral.load_state_dict(spatial.state_dict())  # same weights: the switch has no parameters
+    feats = torch.randn(1, 2, 4, 8, 8)
+    with torch.no_grad():
+        _, weights = spectral(feats)
+        expected = entropy_weights(spectral_entropy(spectral.branches(feats)), spectral.temperature)
+        _, spatial_weights = spatial(feats)
+    torch.testing.assert_close(weights, expected)
+    assert not torch.allclose(weights, spatial_weights)
+    with pytest.raises(ValueError, match="entropy must be one of"):
+        MdIEF(4, 2, entropy="temporal")
 
 
 def test_frequency_branch_projects_then_filters_like_filter_then_project():

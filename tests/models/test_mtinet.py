@@ -175,6 +175,17 @@ def test_config_refuses_impossible_combinations():
         ModelConfig(tasks=("seg", "reg"), tim=True, tdd=True)
     with pytest.raises(ValueError, match="tasks"):
         ModelConfig(tasks=("depth",))
+    with pytest.raises(ValueError, match="mdief_entropy"):
+        ModelConfig(mdief_entropy="temporal")
+
+
+def test_mdief_entropy_switch_reaches_every_fusion_and_old_configs_load_spatial():
+    config = ModelConfig(width=8, mdief_entropy="spectral")
+    model = build_model(config)
+    assert [f.entropy for f in model.fusions] == ["spectral"] * len(model.fusions)
+    saved = config.to_dict()
+    del saved["mdief_entropy"]  # a checkpoint written before the switch existed
+    assert ModelConfig.from_dict(saved).mdief_entropy == "spatial"
 
 
 def test_discriminator_separates_real_from_fake_on_a_toy_problem():
