@@ -284,9 +284,9 @@ def test_metastasis_rim_washout_and_hypoenhancing_core(signatures):
 #: parameters) for ``generate_case(1000 + k, k % 7, quick preset, atypical_rate 0.5)``, k = 0..27.
 #: Recorded when the seven-way if/elif became one function per class (cases were bit-identical
 #: before and after); re-recorded when the hemangioma's nodules and the ICC's rim and core changed
-#: (only the rows of classes 0 and 1 changed). The generator's state depends only on which draws were made, in which order,
-#: not on floating-point details, so this holds on every CPU: a reordered draw changes every case
-#: that follows and shows up here.
+#: (only the rows of classes 0 and 1 changed). The generator's state depends only on which draws
+#: were made, in which order, not on floating-point details, so this holds on every CPU: a
+#: reordered draw changes every case that follows and shows up here.
 PINNED_DRAWS = [
     (0, "typical", 2403326948), (1, "typical", 2660008231), (2, "phlegmonous", 2489035092),
     (3, "hypervascular", 2896279197), (4, "proteinaceous", 1569174698),
