@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtilib.data",),
     ("mtilib.models",),
     ("mtilib.losses",),
-    ("mtilib.metrics",),
+    ("mtilib.metrics", "mtilib.stats"),
     ("mtilib.train",),
     ("mtilib.viz",),
     ("mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student", "mtilib.diagrams"),

@@ -2,10 +2,19 @@
 
 238 phantom cases (the paper's cohort size), 34 per class, split by case and stratified by class
 into 168 training and 70 test cases. Every network of :data:`mtilib.models.BASELINES` (MTI-Net,
-its four ablations, the plain multi-task network, three single-task networks, the early-fusion
-U-Net) is trained with 3 seeds (each also draws its own 20 % validation split from the training
-cases, for checkpoint selection) and evaluated per case on the test cases. The table reports
-mean ± standard deviation over seeds.
+its ablations, the plain multi-task network, three single-task networks, the early-fusion U-Net)
+is trained with 3 seeds under one rule: until its validation score (20 % of the training cases,
+drawn per seed) has not improved for ``patience`` epochs, within the same maximum of epochs; the
+table states the epochs each used. Every run is evaluated per case on the test cases and on the
+same cases acquired differently (:data:`SHIFTS`: other phase times, lower SNR, misregistration,
+another matrix).
+
+The report gives mean ± standard deviation over seeds, bootstrap 95 % intervals of the pooled
+per-case means (whole cases resampled), paired comparisons against MTI-Net over every (case, seed)
+pair (Wilcoxon signed-rank for Dice and absolute enhancement error, exact McNemar for
+correctness; :mod:`mtilib.stats`), the drop under each shift, and per-class recall. A network whose
+outputs collapse to a constant (:func:`mtilib.stats.collapse_reason`) is reported as failed for
+that task, with the reason, never averaged as a result.
 
 Each finished run writes its own JSON under the work folder and is skipped when the command is
 run again, so an interrupted table loses no finished run.
@@ -13,6 +22,8 @@ run again, so an interrupted table loses no finished run.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -21,20 +32,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtilib.constants import CLASS_NAMES
+import numpy as np
+
+from mtilib.constants import CLASS_NAMES, LESION
+from mtilib.data.dataset import CaseVolume, crop_volume, lesion_box
 from mtilib.data.io import read_dataset, write_dataset
-from mtilib.data.phantom import PhantomConfig, iter_cases
+from mtilib.data.phantom import PhantomConfig, derive_seed, generate_case, iter_cases
 from mtilib.metrics import headline_metrics
 from mtilib.models import BASELINES, baseline_config
 from mtilib.runtime import versions
+from mtilib.stats import bootstrap_mean_ci, collapse_reason, mcnemar_exact, paired_comparison
 from mtilib.tables import markdown_table
-from mtilib.train import TrainConfig, evaluate_cases, load_model, load_volumes, train
+from mtilib.train import TrainConfig, evaluate_cases, load_model, load_volumes, predict_case, train
+from mtilib.train.loop import split_train_val
 
 
 @dataclass
 class ResultsPreset:
-    """Size of the experiment. ``results``: sized to reproduce the whole table in about 90 minutes
-    on 2 CPU cores. ``paper``: full-size phantom and networks, for a GPU."""
+    """Size of the experiment. ``results``: the course preset's network (width 16, 64² slices) on
+    the ``samples`` phantom, sized for 2 CPU cores. ``paper``: full-size phantom and networks, for a
+    GPU. ``epochs`` is the maximum; ``patience`` stops a run earlier (0: never)."""
 
     phantom_preset: str
     train_preset: str
@@ -45,14 +62,18 @@ class ResultsPreset:
     cases_per_class: int = 34
     test_per_class: int = 10
     data_seed: int = 2025
+    patience: int = 2
+    shifts: bool = True  # evaluate every run on the shifted test sets of SHIFTS too
+    roi_size: int = 32  # crops of the lesion-ROI baseline are resized to roi_size² (a multiple of 16)
 
     @classmethod
     def named(cls, name: str) -> ResultsPreset:
         if name == "results":
-            return cls(phantom_preset="quick", train_preset="quick", width=8, image_size=48, epochs=8, batch_size=16)
+            return cls(phantom_preset="samples", train_preset="course", width=16, image_size=64, epochs=8,
+                       batch_size=8, patience=2)
         if name == "paper":
             return cls(phantom_preset="default", train_preset="paper", width=32, image_size=128, epochs=100,
-                       batch_size=32)
+                       batch_size=32, patience=10)
         raise ValueError(f"unknown results preset {name!r}; choose 'results' or 'paper'")
 
     def train_config(self, network: str, seed: int) -> TrainConfig:
@@ -61,9 +82,10 @@ class ResultsPreset:
         cfg.seed = seed
         cfg.model = baseline_config(network, cfg.model)
         cfg.model.width = self.width
-        cfg.data.image_size = self.image_size
+        cfg.data.image_size = self.roi_size if network == "roi" else self.image_size
         cfg.optim.epochs = self.epochs
         cfg.optim.batch_size = self.batch_size
+        cfg.optim.patience = self.patience
         cfg.adversarial.warmup_epochs = max(1.0, self.epochs / 4)
         cfg.adversarial.ramp_epochs = max(1.0, self.epochs / 4)
         return cfg
@@ -79,14 +101,43 @@ TABLE_COLUMNS = (
     ("AUC", "auc", ".3f"),
 )
 
+#: Which task each headline metric belongs to (a collapsed task fails all of its metrics).
+METRIC_TASK = {"dice": "seg", "hd95_mm": "seg", "enhancement_mae": "reg", "accuracy": "cls",
+               "macro_f1": "cls", "auc": "cls"}
+
+#: Acquisition shifts of the test cases (the same cases, acquired differently): phantom settings
+#: that replace the preset's. Training always uses the preset's own protocol.
+SHIFTS: dict[str, dict] = {
+    "other phase times (0/30/60/240 s)": {"phase_times_s": (0.0, 30.0, 60.0, 240.0)},
+    "SNR 15": {"snr": 15.0},
+    "misregistration (3 mm, 3°)": {"misregistration_mm": 3.0, "misregistration_deg": 3.0},
+    "double matrix (half the voxel size)": {"double_matrix": True},
+}
+
+#: The name of the unshifted test set in the per-case records.
+IN_DISTRIBUTION = "test"
+
+#: Bumped when the cached run records change shape, so that stale caches are recomputed.
+RUN_FORMAT = 2
+
+
+def fingerprint(preset: ResultsPreset) -> str:
+    """A short hash of the preset and of the phantom's first case: the name of the folder that
+    caches its data and runs, so that neither a changed preset nor a changed phantom generator
+    reuses stale runs (old folders are left in place, never deleted)."""
+    first = generate_case(derive_seed(preset.data_seed, 0), 0, PhantomConfig.preset(preset.phantom_preset))
+    digest = hashlib.sha1(json.dumps(dataclasses.asdict(preset), sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(first.images).tobytes())
+    digest.update(json.dumps(sorted(BASELINES)).encode())
+    return digest.hexdigest()[:10]
+
 
 def make_data(root: Path, preset: ResultsPreset, log=print) -> Path:
     """Generate (once) the 238-case data set, stratified by class into train and test."""
     if (root / "dataset.json").exists():
         return root
     config = PhantomConfig.preset(preset.phantom_preset)
-    n_train = (preset.cases_per_class - preset.test_per_class) * len(CLASS_NAMES)
-    n_test = preset.test_per_class * len(CLASS_NAMES)
+    n_train, n_test = _split_sizes(preset)
     start = time.perf_counter()
     # iter_cases balances classes round-robin, so each split holds the same count per class
     write_dataset(root, iter_cases(n_train, seed=preset.data_seed, config=config),
@@ -95,30 +146,153 @@ def make_data(root: Path, preset: ResultsPreset, log=print) -> Path:
     return root
 
 
-def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Path, log=print) -> dict:
-    """Train and evaluate one (network, seed); cached in ``work/<network>_seed<seed>.json``."""
+def _split_sizes(preset: ResultsPreset) -> tuple[int, int]:
+    return ((preset.cases_per_class - preset.test_per_class) * len(CLASS_NAMES),
+            preset.test_per_class * len(CLASS_NAMES))
+
+
+def shift_config(preset: ResultsPreset, shift: dict) -> PhantomConfig:
+    """The phantom config of a shifted test set: the preset's, with the shift's settings. The
+    ``double_matrix`` shift doubles the matrix in every axis at the same field of view."""
+    config = PhantomConfig.preset(preset.phantom_preset)
+    settings = dict(shift)
+    if settings.pop("double_matrix", False):
+        config = config.with_shape(tuple(2 * n for n in config.shape))
+    return dataclasses.replace(config, **settings)
+
+
+def shifted_test_volumes(preset: ResultsPreset, log=print) -> dict[str, list[CaseVolume]]:
+    """Per shift of :data:`SHIFTS`, the test cases regenerated under that acquisition (same case
+    seeds, hence the same patients and lesions; in memory, float32)."""
+    n_train, n_test = _split_sizes(preset)
+    out = {}
+    for name, shift in SHIFTS.items():
+        start = time.perf_counter()
+        config = shift_config(preset, shift)
+        out[name] = [CaseVolume.from_phantom(case, f"{preset.phantom_preset}_{n_train + i:03d}")
+                     for i, case in enumerate(iter_cases(n_test, seed=preset.data_seed, config=config,
+                                                         start=n_train))]
+        log(f"[results] shifted test set '{name}': {n_test} cases in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+def case_records(metrics, volumes: list[CaseVolume]) -> list[dict]:
+    """The per-case values the statistics need, from a :class:`~mtilib.metrics.CaseMetrics`:
+    ``case`` (the test case's position, the same under every shift), ``dice``, ``lesion_found``,
+    ``abs_err`` (mean over the post-contrast phases), ``pred_enh``/``true_enh``, ``pred_class``,
+    ``true_class``, ``correct``; keys of tasks the network lacks are absent."""
+    out = []
+    for k, row in enumerate(metrics.table().to_dict("records")):
+        rec = {"case": k}
+        if "dice" in row:
+            rec["dice"] = float(row["dice"])
+            rec["lesion_found"] = not bool(row["pred_empty"])
+        phases = [c[len("enh_pred_"):] for c in row if c.startswith("enh_pred_")]
+        if phases:
+            rec["pred_enh"] = [float(row[f"enh_pred_{p}"]) for p in phases]
+            rec["true_enh"] = [float(row[f"enh_true_{p}"]) for p in phases]
+            rec["abs_err"] = float(np.mean([row[f"enh_abs_err_{p}"] for p in phases]))
+        if "pred_class" in row:
+            rec.update(pred_class=int(row["pred_class"]), true_class=int(row["true_class"]),
+                       correct=bool(row["correct"]))
+        out.append(rec)
+    if len(out) != len(volumes):
+        raise ValueError(f"{len(out)} metric rows for {len(volumes)} cases")
+    return out
+
+
+def collapse_of(cases: list[dict]) -> dict[str, str]:
+    """Per task (``seg``, ``reg``, ``cls``), why this run's outputs collapsed (absent when not)."""
+    out = {}
+    if cases and "dice" in cases[0]:
+        reason = collapse_reason(lesion_found=[c["lesion_found"] for c in cases])
+        if reason:
+            out["seg"] = reason
+    if cases and "pred_enh" in cases[0]:
+        reason = collapse_reason(pred_enhancement=[c["pred_enh"] for c in cases],
+                                 true_enhancement=[c["true_enh"] for c in cases])
+        if reason:
+            out["reg"] = reason
+    if cases and "pred_class" in cases[0]:
+        reason = collapse_reason(pred_classes=[c["pred_class"] for c in cases])
+        if reason:
+            out["cls"] = reason
+    return out
+
+
+def _roi_cropper(seg_checkpoint: Path):
+    """A function that crops a test volume to the lesion box of the segmentation network in
+    ``seg_checkpoint`` (its largest predicted lesion); with no lesion predicted, the whole volume."""
+    seg_model, seg_cfg, _ = load_model(seg_checkpoint)
+
+    def crop(volume: CaseVolume) -> CaseVolume:
+        mask = predict_case(seg_model, volume, seg_cfg.data.image_size).lesion_mask
+        box = lesion_box(mask)
+        return volume if box is None else crop_volume(volume, box)
+
+    return crop
+
+
+def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Path, log=print,
+            shifted: dict[str, list[CaseVolume]] | None = None) -> dict:
+    """Train and evaluate one (network, seed); cached in ``work/<network>_seed<seed>.json``.
+
+    The record holds the headline metrics, the epochs used, and per test set (``"test"`` and each
+    shift in ``shifted``) the per-case values of :func:`case_records`."""
     cache = work / f"{network}_seed{seed}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        record = json.loads(cache.read_text())
+        if record.get("format") == RUN_FORMAT:
+            return record
     cfg = preset.train_config(network, seed)
     run_dir = work / "runs" / cfg.name
     start = time.perf_counter()
-    train(cfg, data, run_dir, resume=True, log=lambda *a: None)
+    crop = None
+    if network == "roi":
+        # train on crops around the true lesion; test on crops around the box that the
+        # segmentation-only network of the same seed predicts
+        seg_only = run_one("seg_only", seed, preset, data, work, log, shifted)
+        crop = _roi_cropper(work / "runs" / f"seg_only_seed{seed}" / "best.pt")
+        train_volumes, val_volumes = split_train_val(load_volumes(data, "train"), cfg)
+        result = train(cfg, data, run_dir, resume=True, log=lambda *a: None,
+                       train_volumes=[crop_volume(v, lesion_box(v.labels == LESION)) for v in train_volumes],
+                       val_volumes=[crop_volume(v, lesion_box(v.labels == LESION)) for v in val_volumes])
+    else:
+        result = train(cfg, data, run_dir, resume=True, log=lambda *a: None)
     train_seconds = time.perf_counter() - start
     model, ck_cfg, _ = load_model(run_dir / "best.pt")
-    metrics, _ = evaluate_cases(model, load_volumes(data, "test"), ck_cfg.data.image_size)
-    summary = metrics.summary()
+    cases, headlines, summary = {}, {}, None
+    eval_start = None
+    for name, volumes in {IN_DISTRIBUTION: load_volumes(data, "test"), **(shifted or {})}.items():
+        if name != IN_DISTRIBUTION and eval_start is None:
+            eval_start = time.perf_counter()
+        inputs = volumes if crop is None else [crop(v) for v in volumes]
+        metrics, _ = evaluate_cases(model, inputs, ck_cfg.data.image_size)
+        cases[name] = case_records(metrics, volumes)
+        headlines[name] = headline_metrics(metrics.summary())
+        if name == IN_DISTRIBUTION:
+            summary = metrics.summary()
+    if crop is not None:  # whether seg_only found a box for the case (else the ROI network saw it all)
+        for name, seg_cases in seg_only["cases"].items():
+            for mine, theirs in zip(cases.get(name, []), seg_cases):
+                mine["box_found"] = theirs["lesion_found"]
     record = {
-        "network": network, "seed": seed, "train_seconds": train_seconds,
+        "format": RUN_FORMAT, "network": network, "seed": seed, "train_seconds": train_seconds,
+        "shift_eval_seconds": 0.0 if eval_start is None else time.perf_counter() - eval_start,
+        "epochs_run": len(result.history), "best_epoch": result.best_epoch, "max_epochs": cfg.optim.epochs,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "headline": headline_metrics(summary),
+        "headline": headlines[IN_DISTRIBUTION],
+        "shift_headline": {k: v for k, v in headlines.items() if k != IN_DISTRIBUTION},
         "per_class_recall": (summary["classification"] or {}).get("per_class_recall"),
+        "collapsed": collapse_of(cases[IN_DISTRIBUTION]),
+        "cases": cases,
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(record, indent=2))
+    cache.write_text(json.dumps(record))
     h = record["headline"]
-    log(f"[results] {network} seed {seed}: {train_seconds:.0f} s | "
-        + " ".join(f"{k}={h[k]:.3f}" for k in ("dice", "enhancement_mae", "accuracy") if h.get(k) is not None))
+    log(f"[results] {network} seed {seed}: {train_seconds:.0f} s, {record['epochs_run']} epochs | "
+        + " ".join(f"{k}={h[k]:.3f}" for k in ("dice", "enhancement_mae", "accuracy") if h.get(k) is not None)
+        + (f" | collapsed: {record['collapsed']}" if record["collapsed"] else ""))
     return record
 
 
@@ -129,8 +303,26 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _pooled(records: list[dict], test_set: str, key: str) -> tuple[list, list]:
+    """Per-case values of ``key`` on ``test_set`` over every run in ``records`` with that set, and
+    the case position of each (the bootstrap's clusters)."""
+    values, groups = [], []
+    for r in records:
+        for c in r.get("cases", {}).get(test_set, []):
+            if key in c:
+                values.append(float(c[key]))
+                groups.append(c["case"])
+    return values, groups
+
+
+#: Per-case key and headline key of the three metrics with pooled intervals and paired tests.
+PAIRED_METRICS = (("dice", "dice"), ("abs_err", "enhancement_mae"), ("correct", "accuracy"))
+
+
 def aggregate(records: list[dict]) -> list[dict]:
-    """One row per network: mean and std over seeds of each headline metric, per-class recall."""
+    """One row per network: mean and std over seeds of each headline metric, per-class recall, the
+    epochs used, failed tasks (``failed``: task -> reason, when any seed's outputs collapsed) and
+    bootstrap 95 % intervals of the per-case means pooled over seeds (``ci``)."""
     rows = []
     for network in dict.fromkeys(r["network"] for r in records):
         runs = [r for r in records if r["network"] == network]
@@ -142,19 +334,113 @@ def aggregate(records: list[dict]) -> list[dict]:
         row["per_class_recall"] = (
             {c: _mean_std([rec.get(c) for rec in recalls])[0] for c in CLASS_NAMES} if recalls else None
         )
+        if all("epochs_run" in r for r in runs):
+            row["epochs"] = _mean_std([r["epochs_run"] for r in runs])
+            row["max_epochs"] = max(r["max_epochs"] for r in runs)
+        failed: dict[str, str] = {}
+        for r in runs:
+            for task, reason in r.get("collapsed", {}).items():
+                failed.setdefault(task, f"seed {r['seed']}: {reason}")
+        row["failed"] = failed
+        ci = {}
+        for case_key, key in PAIRED_METRICS:
+            values, groups = _pooled(runs, IN_DISTRIBUTION, case_key)
+            if values:
+                ci[key] = bootstrap_mean_ci(values, groups)
+        row["ci"] = ci
         rows.append(row)
     return rows
 
 
-def results_table(rows: list[dict]) -> list[dict]:
-    """The main table as display rows: network, what changes, and "mean ± std" per metric ("–" where
-    the network has no such task). ``rows`` as returned by :func:`aggregate` or read back from JSON."""
-    def pm(value, fmt):
-        mean, std = value
-        return "–" if mean is None else f"{format(mean, fmt)} ± {format(std, fmt)}"
+def paired_against(records: list[dict], reference: str = "mtinet", test_set: str = IN_DISTRIBUTION) -> list[dict]:
+    """Every other network against ``reference`` on the same (case, seed) pairs of ``test_set``:
+    per metric the mean difference (network − reference) with its case-clustered bootstrap
+    interval and the Wilcoxon p-value (Dice, absolute enhancement error), or the accuracy
+    difference with McNemar's exact p-value. Failed (collapsed) tasks are marked, not tested."""
+    by_key = {(r["network"], r["seed"]): r for r in records}
+    networks = list(dict.fromkeys(r["network"] for r in records))
+    if reference not in networks:
+        raise ValueError(f"no runs of the reference network {reference!r} among {networks}")
+    out = []
+    for network in networks:
+        if network == reference:
+            continue
+        seeds = [s for (n, s) in by_key if n == network and (reference, s) in by_key]
+        for case_key, key in PAIRED_METRICS:
+            ref_values, net_values, groups = [], [], []
+            for seed in seeds:
+                ref_cases = {c["case"]: c for c in by_key[(reference, seed)]["cases"].get(test_set, [])}
+                for c in by_key[(network, seed)]["cases"].get(test_set, []):
+                    if case_key in c and case_key in ref_cases.get(c["case"], {}):
+                        ref_values.append(ref_cases[c["case"]][case_key])
+                        net_values.append(c[case_key])
+                        groups.append(c["case"])
+            if not net_values:
+                continue
+            task = METRIC_TASK[key]
+            failed = [n for n in (network, reference)
+                      if any(task in by_key[(n, s)].get("collapsed", {}) for s in seeds)]
+            entry = {"network": network, "metric": key, "n_pairs": len(net_values), "failed": failed}
+            if key == "accuracy":
+                m = mcnemar_exact(ref_values, net_values)
+                ci = bootstrap_mean_ci(np.asarray(net_values, float) - np.asarray(ref_values, float), groups)
+                entry.update(diff=m["accuracy_b"] - m["accuracy_a"], low=ci["low"], high=ci["high"],
+                             p=m["p_mcnemar"], test="McNemar", only_reference=m["only_a"], only_network=m["only_b"])
+            else:
+                c = paired_comparison(ref_values, net_values, groups)
+                entry.update(diff=c["diff"], low=c["low"], high=c["high"], p=c["p_wilcoxon"], test="Wilcoxon")
+            out.append(entry)
+    return out
 
-    return [{"network": r["network"], "what changes": BASELINES[r["network"]],
-             **{name: pm(r[key], fmt) for name, key, fmt in TABLE_COLUMNS}} for r in rows]
+
+def robustness(records: list[dict]) -> list[dict]:
+    """Per network and shifted test set: the pooled per-case means of Dice, absolute enhancement
+    error and correctness, and their change from the unshifted test set (same cases and seeds)
+    with its case-clustered bootstrap interval."""
+    out = []
+    for network in dict.fromkeys(r["network"] for r in records):
+        runs = [r for r in records if r["network"] == network]
+        shift_names = [k for k in runs[0].get("cases", {}) if k != IN_DISTRIBUTION]
+        for shift in shift_names:
+            entry = {"network": network, "shift": shift}
+            for case_key, key in PAIRED_METRICS:
+                base, moved, groups = [], [], []
+                for r in runs:
+                    base_cases = {c["case"]: c for c in r["cases"].get(IN_DISTRIBUTION, [])}
+                    for c in r["cases"].get(shift, []):
+                        if case_key in c and case_key in base_cases.get(c["case"], {}):
+                            base.append(base_cases[c["case"]][case_key])
+                            moved.append(c[case_key])
+                            groups.append(c["case"])
+                if moved:
+                    change = paired_comparison(base, moved, groups)
+                    p = mcnemar_exact(base, moved)["p_mcnemar"] if key == "accuracy" else change["p_wilcoxon"]
+                    entry[key] = {"shifted": change["mean_b"], "test": change["mean_a"], "change": change["diff"],
+                                  "low": change["low"], "high": change["high"], "p": p}
+            out.append(entry)
+    return out
+
+
+def results_table(rows: list[dict]) -> list[dict]:
+    """The main table as display rows: network, what changes, "mean ± std" per metric ("–" where
+    the network has no such task, "failed" where its outputs collapsed), and the epochs used.
+    ``rows`` as returned by :func:`aggregate` or read back from JSON."""
+    def pm(row, key, fmt):
+        mean, std = row[key]
+        if mean is None:
+            return "–"
+        if METRIC_TASK[key] in row.get("failed", {}):
+            return "failed"
+        return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+    out = []
+    for r in rows:
+        line = {"network": r["network"], "what changes": BASELINES.get(r["network"], ""),
+                **{name: pm(r, key, fmt) for name, key, fmt in TABLE_COLUMNS}}
+        if r.get("epochs"):
+            line["epochs (of max)"] = f"{r['epochs'][0]:.1f} ({r['max_epochs']})"
+        out.append(line)
+    return out
 
 
 #: metrics where lower is better
@@ -177,6 +463,8 @@ def compare_to_reference(rows: list[dict], reference: str = "mtinet") -> list[di
             (mean, std), (ref_mean, ref_std) = row[key], ref[key]
             if mean is None or ref_mean is None:
                 continue
+            if METRIC_TASK[key] in row.get("failed", {}) or METRIC_TASK[key] in ref.get("failed", {}):
+                continue  # a collapsed task is reported as failed, not compared
             difference = mean - ref_mean
             noise = math.hypot(std, ref_std)
             gain = -difference if key in LOWER_IS_BETTER else difference
@@ -198,13 +486,48 @@ def _comparison_table(rows: list[dict]) -> list[dict]:
             for t in table.values()]
 
 
+def _interval(value: dict, fmt: str = ".3f") -> str:
+    return f"{format(value['mean'], fmt)} [{format(value['low'], fmt)}, {format(value['high'], fmt)}]"
+
+
+def _paired_cell(entry: dict) -> str:
+    if entry["failed"]:
+        return "failed (" + ", ".join(entry["failed"]) + ")"
+    cell = f"{entry['diff']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}], p = {entry['p']:.2g}"
+    if entry["test"] == "McNemar":
+        cell += f" ({entry['only_reference']}/{entry['only_network']})"
+    return cell
+
+
+def _paired_table(paired: list[dict]) -> list[dict]:
+    names = {"dice": "Dice", "enhancement_mae": "abs. enhancement error", "accuracy": "accuracy"}
+    table: dict[str, dict] = {}
+    for e in paired:
+        table.setdefault(e["network"], {"network": e["network"], "pairs": e["n_pairs"]})[names[e["metric"]]] = \
+            _paired_cell(e)
+    return [{"network": t["network"], "pairs": t["pairs"], **{n: t.get(n, "–") for n in names.values()}}
+            for t in table.values()]
+
+
+def _robustness_table(entries: list[dict], key: str, fmt: str = ".3f") -> list[dict]:
+    table: dict[str, dict] = {}
+    for e in entries:
+        if key not in e:
+            continue
+        v = e[key]
+        row = table.setdefault(e["network"], {"network": e["network"], "test": format(v["test"], fmt)})
+        row[e["shift"]] = f"{format(v['shifted'], fmt)} ({v['change']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}])"
+    return list(table.values())
+
+
 def format_results(rows: list[dict], command: str, timing: dict, preset_name: str, preset: ResultsPreset,
-                   seeds=(0, 1, 2)) -> str:
-    """The markdown of ``docs/results.md``."""
+                   seeds=(0, 1, 2), records: list[dict] | None = None) -> str:
+    """The markdown of ``docs/results.md``. ``records`` (the runs) add the paired comparisons and
+    the robustness tables when they carry per-case values."""
     main = results_table(rows)
     per_class = [{"network": r["network"], **{c: r["per_class_recall"][c] for c in CLASS_NAMES}}
-                 for r in rows if r["per_class_recall"]]
-    n_train = (preset.cases_per_class - preset.test_per_class) * len(CLASS_NAMES)
+                 for r in rows if r["per_class_recall"] and "cls" not in r.get("failed", {})]
+    n_train, n_test = _split_sizes(preset)
     lines = [
         "# Results on the phantom: MTI-Net, ablations and baselines",
         "",
@@ -213,31 +536,86 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         f"{timing['wall_seconds'] / 60:.0f} minutes for this invocation (finished runs are cached). "
         f"Preset `{preset_name}`: {preset.cases_per_class * len(CLASS_NAMES)} phantom cases "
         f"(`{preset.phantom_preset}` phantom preset, data seed {preset.data_seed}), {n_train} for training "
-        f"(20 % of them for validation / checkpoint selection) and {preset.test_per_class * len(CLASS_NAMES)} "
-        f"for test, stratified by class; width {preset.width}, {preset.image_size}² slices, "
-        f"{preset.epochs} epochs, batch {preset.batch_size}; seeds {', '.join(map(str, seeds))}. "
+        f"(20 % of them for validation: early stopping and checkpoint selection) and {n_test} "
+        f"for test, stratified by class; width {preset.width}, {preset.image_size}² slices, batch "
+        f"{preset.batch_size}; every network trained until its validation score had not improved for "
+        f"{preset.patience} epochs, at most {preset.epochs}; seeds {', '.join(map(str, seeds))}. "
         "Mean ± standard deviation over the seeds of the per-case metrics on the test cases (Dice and "
         "HD95 of the lesion, HD95 with the explicit empty-mask policy; enhancement MAE averaged over the "
-        "three post-contrast phases; macro one-vs-rest AUC).",
+        "three post-contrast phases; macro one-vs-rest AUC). *failed*: the network's outputs for that task "
+        "collapsed to a constant (reasons below); such a task is not averaged or compared.",
         "",
         markdown_table(main),
         "",
+    ]
+    failures = [(r["network"], task, reason) for r in rows for task, reason in r.get("failed", {}).items()]
+    if failures:
+        lines += ["## Failed (collapsed) tasks", "",
+                  markdown_table([{"network": n, "task": t, "why": why} for n, t, why in failures]), ""]
+    with_ci = [r for r in rows if r.get("ci")]
+    if with_ci:
+        lines += [
+            "## Pooled means with 95 % confidence intervals",
+            "",
+            "Per-case values of all seeds pooled; percentile bootstrap resampling whole test cases "
+            "(the seeds of a case are not independent).",
+            "",
+            markdown_table([{"network": r["network"],
+                             **{name: ("failed" if METRIC_TASK[key] in r.get("failed", {}) else
+                                       (_interval(r["ci"][key]) if key in r["ci"] else "–"))
+                                for name, key in (("Dice", "dice"), ("enh. MAE", "enhancement_mae"),
+                                                  ("accuracy", "accuracy"))}} for r in with_ci]),
+            "",
+        ]
+    lines += [
         "## Per-class accuracy (recall), mean over seeds",
         "",
         markdown_table(per_class, floatfmt=".2f"),
         "",
     ]
+    has_cases = bool(records) and all("cases" in r for r in records)
     if any(r["network"] == "mtinet" for r in rows):  # a subset of networks may leave MTI-Net out
+        if has_cases:
+            lines += [
+                "## Against MTI-Net: paired tests",
+                "",
+                "Each network against MTI-Net on the same test cases and training seeds (all seeds pooled): "
+                "mean difference (network − MTI-Net) with its 95 % bootstrap interval (whole cases "
+                "resampled) and the p-value of the Wilcoxon signed-rank test (Dice, absolute enhancement "
+                "error: lower is better) or of McNemar's exact test (accuracy; in brackets the cases only "
+                "MTI-Net / only the network got right). The pooled pairs are not independent across "
+                "seeds, so the p-values are optimistic; read the intervals first.",
+                "",
+                markdown_table(_paired_table(paired_against(records))),
+                "",
+            ]
         lines += [
-            "## Against MTI-Net",
+            "## Against MTI-Net: seed noise",
             "",
             "Difference of the seed means (network − MTI-Net) and its seed noise (√(std² + std²)); "
-            "*better*/*worse* only where the difference exceeds the noise. With 3 seeds this is a screen, "
-            "not a significance test.",
+            "*better*/*worse* only where the difference exceeds the noise.",
             "",
             markdown_table(_comparison_table(rows), floatfmt=".3f"),
             "",
         ]
+    if has_cases and any(len(r["cases"]) > 1 for r in records):
+        entries = robustness(records)
+        shapes = {name: shift_config(preset, shift).shape for name, shift in SHIFTS.items()}
+        lines += [
+            "## Robustness under acquisition shift",
+            "",
+            "The same test cases acquired differently (trained on the default protocol only): "
+            + "; ".join(f"*{name}*" + (f" ({'×'.join(map(str, shapes[name]))} voxels)" if "matrix" in name else "")
+                        for name in SHIFTS)
+            + ". Pooled per-case mean under the shift, and in brackets its change from the unshifted "
+            "test set with a 95 % bootstrap interval.",
+            "",
+        ]
+        for title, key in (("Dice", "dice"), ("Absolute enhancement error", "enhancement_mae"),
+                           ("Accuracy", "accuracy")):
+            table = _robustness_table(entries, key)
+            if table:
+                lines += [f"### {title}", "", markdown_table(table), ""]
     lines += [
         "## Size and cost",
         "",
@@ -255,20 +633,25 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
     JSON twin (``out`` with ``.json``) that notebook 09 reads. ``preset`` overrides the named one
     (tests use a tiny experiment)."""
     preset = preset or ResultsPreset.named(preset_name)
-    work = Path(work) / preset_name
+    # cached data and runs are valid only for this preset and this phantom: each gets its folder
+    work = Path(work) / preset_name / fingerprint(preset)
     networks = list(networks or BASELINES)
     start = time.perf_counter()
     data = make_data(work / "data", preset, log)
     read_dataset(data)  # validate before spending an hour
-    records = [run_one(n, s, preset, data, work, log) for n in networks for s in seeds]
+    shifted = shifted_test_volumes(preset, log) if preset.shifts else None
+    records = [run_one(n, s, preset, data, work, log, shifted) for n in networks for s in seeds]
     rows = aggregate(records)
     command = "make results" if preset_name == "results" else f"mtilib results --preset {preset_name}"
     timing = {"wall_seconds": time.perf_counter() - start,
-              "train_seconds_total": sum(r["train_seconds"] for r in records)}
+              "train_seconds_total": sum(r["train_seconds"] + r.get("shift_eval_seconds", 0.0) for r in records)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(format_results(rows, command, timing, preset_name, preset, seeds))
+    out.write_text(format_results(rows, command, timing, preset_name, preset, seeds, records))
+    summary_runs = [{k: v for k, v in r.items() if k != "cases"} for r in records]
     out.with_suffix(".json").write_text(json.dumps(
-        {"preset": preset_name, "command": command, **timing, "rows": rows, "runs": records}, indent=2))
+        {"preset": preset_name, "command": command, **timing, "rows": rows, "runs": summary_runs,
+         "paired": paired_against(records) if "mtinet" in networks else [],
+         "robustness": robustness(records)}, indent=2))
     log(f"[results] wrote {out} and {out.with_suffix('.json')}")
     return rows

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -127,6 +127,37 @@ def liver_bbox(labels_2d: np.ndarray, margin: int) -> tuple[int, int, int, int]:
         return 0, h, 0, w
     return (max(rows.min() - margin, 0), min(rows.max() + margin + 1, h),
             max(cols.min() - margin, 0), min(cols.max() + margin + 1, w))
+
+
+def lesion_box(mask: np.ndarray, margin_fraction: float = 0.5, min_size: int = 12
+               ) -> tuple[slice, slice, slice] | None:
+    """A square in-plane box around a 3D lesion mask ``(H, W, S)``, and the slices it crosses.
+
+    The side is the lesion's larger in-plane extent widened by ``margin_fraction`` of it on each
+    side (some liver around the lesion, as the LLD-MMRI challenge baseline crops), at least
+    ``min_size`` pixels, shifted to stay inside the image. ``None`` for an empty mask.
+    """
+    rows, cols, zs = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    h, w = mask.shape[:2]
+    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    side = min(max(int(math.ceil(extent * (1 + 2 * margin_fraction))), min_size), h, w)
+
+    def span(lo, hi, n):
+        start = int(round((lo + hi + 1) / 2 - side / 2))
+        start = min(max(start, 0), n - side)
+        return slice(start, start + side)
+
+    return span(rows.min(), rows.max(), h), span(cols.min(), cols.max(), w), slice(int(zs.min()), int(zs.max()) + 1)
+
+
+def crop_volume(volume: CaseVolume, box: tuple[slice, slice, slice]) -> CaseVolume:
+    """``volume`` cut to ``box`` (rows, columns, slices); intensities keep the case's normalisation
+    (a crop must not rescale the lesion by its own median), and truth travels along."""
+    r, c, z = box
+    return replace(volume, images=np.ascontiguousarray(volume.images[:, r, c, z]),
+                   labels=None if volume.labels is None else np.ascontiguousarray(volume.labels[r, c, z]))
 
 
 class SliceDataset(Dataset):

@@ -49,6 +49,8 @@ BASELINES = {
     "reg_only": "single-task enhancement regression network",
     "cls_only": "single-task classification network",
     "unet": "early-fusion U-Net (phases as channels), segmentation only",
+    "roi": "lesion-ROI classifier and regressor on a crop around the lesion (true box in training, "
+           "the segmentation-only network's box at test)",
 }
 
 
@@ -72,6 +74,8 @@ def baseline_config(name: str, base: ModelConfig | None = None) -> ModelConfig:
         "reg_only": {**off, "tasks": ("reg",)},
         "cls_only": {**off, "tasks": ("cls",)},
         "unet": {**off, "arch": "unet", "tasks": ("seg",)},
+        # the network of the lesion-ROI baseline: its inputs are crops (mtilib.data.dataset.lesion_box)
+        "roi": {**off, "tasks": ("reg", "cls")},
     }[name]
     data.update(changes)
     return ModelConfig(**data)
