@@ -40,7 +40,7 @@ bench: setup
 
 ## The phantom results table -> docs/results.md (about 90 minutes on 2 CPU cores)
 results: setup
-	$(BIN)/mtilib results --out docs/results.md
+	$(BIN)/mtilib results --out docs/results.md --jobs 2
 
 ## Regenerate the shipped sample data set.
 data-samples: setup

@@ -295,7 +295,7 @@ def _cmd_bench(args) -> int:
 def _cmd_results(args) -> int:
     from mtilib.results import run_results
 
-    run_results(args.out, args.preset, tuple(args.seeds), args.networks, args.work)
+    run_results(args.out, args.preset, tuple(args.seeds), args.networks, args.work, jobs=args.jobs)
     return 0
 
 
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--networks", nargs="+", help="subset of the networks (default: all)")
     p.add_argument("--work", default="build/results", help="data, runs and per-run results (cached)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each on cores/jobs threads (make results: 2)")
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (no solutions)")

@@ -65,11 +65,12 @@ class ResultsPreset:
     patience: int = 2
     shifts: bool = True  # evaluate every run on the shifted test sets of SHIFTS too
     roi_size: int = 32  # crops of the lesion-ROI baseline are resized to roi_size² (a multiple of 16)
+    lesion_slice_floor: int = 1  # 1: every lesion slice once per epoch (the course preset repeats them)
 
     @classmethod
     def named(cls, name: str) -> ResultsPreset:
         if name == "results":
-            return cls(phantom_preset="samples", train_preset="course", width=16, image_size=64, epochs=8,
+            return cls(phantom_preset="samples", train_preset="course", width=16, image_size=64, epochs=6,
                        batch_size=8, patience=2)
         if name == "paper":
             return cls(phantom_preset="default", train_preset="paper", width=32, image_size=128, epochs=100,
@@ -86,6 +87,7 @@ class ResultsPreset:
         cfg.optim.epochs = self.epochs
         cfg.optim.batch_size = self.batch_size
         cfg.optim.patience = self.patience
+        cfg.data.lesion_slice_floor = self.lesion_slice_floor
         cfg.adversarial.warmup_epochs = max(1.0, self.epochs / 4)
         cfg.adversarial.ramp_epochs = max(1.0, self.epochs / 4)
         return cfg
@@ -161,17 +163,21 @@ def shift_config(preset: ResultsPreset, shift: dict) -> PhantomConfig:
     return dataclasses.replace(config, **settings)
 
 
-def shifted_test_volumes(preset: ResultsPreset, log=print) -> dict[str, list[CaseVolume]]:
-    """Per shift of :data:`SHIFTS`, the test cases regenerated under that acquisition (same case
-    seeds, hence the same patients and lesions; in memory, float32)."""
+def make_shift_data(root: Path, preset: ResultsPreset, log=print) -> dict[str, Path]:
+    """Generate (once) per shift of :data:`SHIFTS` the test cases under that acquisition, as a data
+    set of test cases under ``root``: the same case seeds as the test split of :func:`make_data`,
+    hence the same patients and lesions, stored like it (so shifted and unshifted sets differ only
+    by the acquisition). Returns ``{shift name: data set folder}``."""
     n_train, n_test = _split_sizes(preset)
     out = {}
-    for name, shift in SHIFTS.items():
+    for k, (name, shift) in enumerate(SHIFTS.items()):
+        folder = root / f"shift_{k}"
+        out[name] = folder
+        if (folder / "dataset.json").exists():
+            continue
         start = time.perf_counter()
-        config = shift_config(preset, shift)
-        out[name] = [CaseVolume.from_phantom(case, f"{preset.phantom_preset}_{n_train + i:03d}")
-                     for i, case in enumerate(iter_cases(n_test, seed=preset.data_seed, config=config,
-                                                         start=n_train))]
+        write_dataset(folder, (), iter_cases(n_test, seed=preset.data_seed, config=shift_config(preset, shift),
+                                             start=n_train), description=f"test cases, {name}")
         log(f"[results] shifted test set '{name}': {n_test} cases in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -234,11 +240,11 @@ def _roi_cropper(seg_checkpoint: Path):
 
 
 def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Path, log=print,
-            shifted: dict[str, list[CaseVolume]] | None = None) -> dict:
+            shift_data: dict[str, Path] | None = None) -> dict:
     """Train and evaluate one (network, seed); cached in ``work/<network>_seed<seed>.json``.
 
     The record holds the headline metrics, the epochs used, and per test set (``"test"`` and each
-    shift in ``shifted``) the per-case values of :func:`case_records`."""
+    shift of ``shift_data``, from :func:`make_shift_data`) the per-case values of :func:`case_records`."""
     cache = work / f"{network}_seed{seed}.json"
     if cache.exists():
         record = json.loads(cache.read_text())
@@ -251,7 +257,7 @@ def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Pa
     if network == "roi":
         # train on crops around the true lesion; test on crops around the box that the
         # segmentation-only network of the same seed predicts
-        seg_only = run_one("seg_only", seed, preset, data, work, log, shifted)
+        seg_only = run_one("seg_only", seed, preset, data, work, log, shift_data)
         crop = _roi_cropper(work / "runs" / f"seg_only_seed{seed}" / "best.pt")
         train_volumes, val_volumes = split_train_val(load_volumes(data, "train"), cfg)
         result = train(cfg, data, run_dir, resume=True, log=lambda *a: None,
@@ -263,9 +269,10 @@ def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Pa
     model, ck_cfg, _ = load_model(run_dir / "best.pt")
     cases, headlines, summary = {}, {}, None
     eval_start = None
-    for name, volumes in {IN_DISTRIBUTION: load_volumes(data, "test"), **(shifted or {})}.items():
+    for name, folder in {IN_DISTRIBUTION: data, **(shift_data or {})}.items():
         if name != IN_DISTRIBUTION and eval_start is None:
             eval_start = time.perf_counter()
+        volumes = load_volumes(folder, "test")
         inputs = volumes if crop is None else [crop(v) for v in volumes]
         metrics, _ = evaluate_cases(model, inputs, ck_cfg.data.image_size)
         cases[name] = case_records(metrics, volumes)
@@ -533,7 +540,8 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         "",
         f"Produced by `{command}` on {platform.processor() or platform.machine()} (torch {versions()['torch']}): "
         f"{timing['train_seconds_total'] / 60:.0f} minutes of training and evaluation over all runs, "
-        f"{timing['wall_seconds'] / 60:.0f} minutes for this invocation (finished runs are cached). "
+        f"{timing['wall_seconds'] / 60:.0f} minutes for this invocation ({timing.get('jobs', 1)} run(s) at a "
+        "time; finished runs are cached). "
         f"Preset `{preset_name}`: {preset.cases_per_class * len(CLASS_NAMES)} phantom cases "
         f"(`{preset.phantom_preset}` phantom preset, data seed {preset.data_seed}), {n_train} for training "
         f"(20 % of them for validation: early stopping and checkpoint selection) and {n_test} "
@@ -626,12 +634,44 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
     return "\n".join(lines)
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_all(tasks: list[tuple[str, int]], preset: ResultsPreset, data: Path, work: Path, log,
+             shift_data: dict[str, Path] | None, jobs: int) -> None:
+    """Run every (network, seed) of ``tasks`` (cached runs return at once). With ``jobs`` > 1,
+    that many worker processes share the cores (each with cores / jobs threads): on 2 cores two
+    single-threaded runs get through 1.26× the training samples of one run on both threads
+    (measured), and evaluation, mostly single-threaded, gains more. The lesion-ROI runs wait for
+    the segmentation-only runs whose boxes they use."""
+    if jobs <= 1:
+        for network, seed in tasks:
+            run_one(network, seed, preset, data, work, log, shift_data)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    waves = [[t for t in tasks if t[0] != "roi"], [t for t in tasks if t[0] == "roi"]]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        for wave in waves:
+            futures = [pool.submit(run_one, network, seed, preset, data, work, print, shift_data)
+                       for network, seed in wave]
+            for future in futures:
+                future.result()  # re-raises a worker's error here
+
+
 def run_results(out: str | Path = "docs/results.md", preset_name: str = "results", seeds=(0, 1, 2),
                 networks=None, work: str | Path = "build/results", log=print,
-                preset: ResultsPreset | None = None) -> list[dict]:
+                preset: ResultsPreset | None = None, jobs: int = 1) -> list[dict]:
     """Build the whole table (skipping runs already cached in ``work``) and write ``out`` plus a
     JSON twin (``out`` with ``.json``) that notebook 09 reads. ``preset`` overrides the named one
-    (tests use a tiny experiment)."""
+    (tests use a tiny experiment); ``jobs``: runs trained at once (see :func:`_run_all`)."""
     preset = preset or ResultsPreset.named(preset_name)
     # cached data and runs are valid only for this preset and this phantom: each gets its folder
     work = Path(work) / preset_name / fingerprint(preset)
@@ -639,12 +679,15 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
     start = time.perf_counter()
     data = make_data(work / "data", preset, log)
     read_dataset(data)  # validate before spending an hour
-    shifted = shifted_test_volumes(preset, log) if preset.shifts else None
-    records = [run_one(n, s, preset, data, work, log, shifted) for n in networks for s in seeds]
+    shift_data = make_shift_data(work / "shifts", preset, log) if preset.shifts else None
+    tasks = [(n, s) for n in networks for s in seeds]
+    _run_all(tasks, preset, data, work, log, shift_data, jobs)
+    records = [run_one(n, s, preset, data, work, log, shift_data) for n, s in tasks]  # all cached now
     rows = aggregate(records)
     command = "make results" if preset_name == "results" else f"mtilib results --preset {preset_name}"
     timing = {"wall_seconds": time.perf_counter() - start,
-              "train_seconds_total": sum(r["train_seconds"] + r.get("shift_eval_seconds", 0.0) for r in records)}
+              "train_seconds_total": sum(r["train_seconds"] + r.get("shift_eval_seconds", 0.0) for r in records),
+              "jobs": jobs}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(format_results(rows, command, timing, preset_name, preset, seeds, records))

@@ -15,7 +15,7 @@ def test_results_table_on_a_tiny_experiment(tmp_path):
     out = tmp_path / "results.md"
     logs = []
     rows = run_results(out, "results", seeds=(0, 1), networks=["mtinet", "unet", "cls_only"],
-                       work=tmp_path / "work", log=logs.append, preset=tiny)
+                       work=tmp_path / "work", log=logs.append, preset=tiny, jobs=2)  # two worker processes
     assert [r["network"] for r in rows] == ["mtinet", "unet", "cls_only"]
     _, unet, cls_only = rows
     assert unet["seeds"] == 2 and unet["dice"][0] is not None and unet["accuracy"] == (None, None)
@@ -117,15 +117,15 @@ def test_collapsed_tasks_are_reported_as_failed_not_averaged():
 
 
 def test_lesion_roi_baseline_trains_on_true_boxes_and_tests_on_predicted_ones(tmp_path):
-    from mtilib.results import make_data, run_one, shifted_test_volumes
+    from mtilib.results import make_data, make_shift_data, run_one
     from mtilib.train import load_checkpoint
 
     tiny = ResultsPreset(phantom_preset="quick", train_preset="quick", width=4, image_size=32, epochs=1,
                          batch_size=8, cases_per_class=3, test_per_class=1, roi_size=16)
     work = tmp_path / "work"
     data = make_data(work / "data", tiny, log=lambda *a: None)
-    shifted = {k: v for k, v in shifted_test_volumes(tiny, log=lambda *a: None).items() if "SNR" in k}
-    record = run_one("roi", 0, tiny, data, work, log=lambda *a: None, shifted=shifted)
+    shifts = {k: v for k, v in make_shift_data(work / "shifts", tiny, log=lambda *a: None).items() if "SNR" in k}
+    record = run_one("roi", 0, tiny, data, work, log=lambda *a: None, shift_data=shifts)
     assert (work / "seg_only_seed0.json").exists()  # its boxes come from the segmentation-only run
     state = load_checkpoint(work / "runs" / "roi_seed0" / "best.pt")
     assert state["config"]["data"]["image_size"] == 16  # crops resized to roi_size
