@@ -634,6 +634,10 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
     return "\n".join(lines)
 
 
+def _flushed_print(*args) -> None:
+    print(*args, flush=True)
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -660,7 +664,8 @@ def _run_all(tasks: list[tuple[str, int]], preset: ResultsPreset, data: Path, wo
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
         for wave in waves:
-            futures = [pool.submit(run_one, network, seed, preset, data, work, print, shift_data)
+            # a worker's stdout is a pipe or a file, block-buffered: flush each line as it is logged
+            futures = [pool.submit(run_one, network, seed, preset, data, work, _flushed_print, shift_data)
                        for network, seed in wave]
             for future in futures:
                 future.result()  # re-raises a worker's error here
