@@ -276,9 +276,10 @@ def run_one(network: str, seed: int, preset: ResultsPreset, data: Path, work: Pa
         inputs = volumes if crop is None else [crop(v) for v in volumes]
         metrics, _ = evaluate_cases(model, inputs, ck_cfg.data.image_size)
         cases[name] = case_records(metrics, volumes)
-        headlines[name] = headline_metrics(metrics.summary())
+        set_summary = metrics.summary()
+        headlines[name] = headline_metrics(set_summary)
         if name == IN_DISTRIBUTION:
-            summary = metrics.summary()
+            summary = set_summary
     if crop is not None:  # whether seg_only found a box for the case (else the ROI network saw it all)
         for name, seg_cases in seg_only["cases"].items():
             for mine, theirs in zip(cases.get(name, []), seg_cases):
@@ -359,6 +360,33 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _paired_values(couples, case_key: str) -> tuple[list, list, list]:
+    """Values of ``case_key`` for the cases present in both lists of each ``(first, second)`` couple
+    of per-case lists: ``(first values, second values, case of each pair)``."""
+    first, second, groups = [], [], []
+    for first_cases, second_cases in couples:
+        by_case = {c["case"]: c for c in first_cases}
+        for c in second_cases:
+            if case_key in c and case_key in by_case.get(c["case"], {}):
+                first.append(by_case[c["case"]][case_key])
+                second.append(c[case_key])
+                groups.append(c["case"])
+    return first, second, groups
+
+
+def _compare(key: str, a: list, b: list, groups: list) -> dict:
+    """``b`` against ``a``, paired: means, the mean difference with its case-clustered bootstrap
+    interval, and the p-value of McNemar's exact test (``accuracy``) or Wilcoxon's (the others)."""
+    c = paired_comparison(a, b, groups)
+    out = {"mean_a": c["mean_a"], "mean_b": c["mean_b"], "diff": c["diff"], "low": c["low"], "high": c["high"]}
+    if key == "accuracy":
+        m = mcnemar_exact(a, b)
+        out.update(p=m["p_mcnemar"], test="McNemar", only_a=m["only_a"], only_b=m["only_b"])
+    else:
+        out.update(p=c["p_wilcoxon"], test="Wilcoxon")
+    return out
+
+
 def paired_against(records: list[dict], reference: str = "mtinet", test_set: str = IN_DISTRIBUTION) -> list[dict]:
     """Every other network against ``reference`` on the same (case, seed) pairs of ``test_set``:
     per metric the mean difference (network − reference) with its case-clustered bootstrap
@@ -373,29 +401,20 @@ def paired_against(records: list[dict], reference: str = "mtinet", test_set: str
         if network == reference:
             continue
         seeds = [s for (n, s) in by_key if n == network and (reference, s) in by_key]
+        couples = [(by_key[(reference, s)]["cases"].get(test_set, []), by_key[(network, s)]["cases"].get(test_set, []))
+                   for s in seeds]
         for case_key, key in PAIRED_METRICS:
-            ref_values, net_values, groups = [], [], []
-            for seed in seeds:
-                ref_cases = {c["case"]: c for c in by_key[(reference, seed)]["cases"].get(test_set, [])}
-                for c in by_key[(network, seed)]["cases"].get(test_set, []):
-                    if case_key in c and case_key in ref_cases.get(c["case"], {}):
-                        ref_values.append(ref_cases[c["case"]][case_key])
-                        net_values.append(c[case_key])
-                        groups.append(c["case"])
+            ref_values, net_values, groups = _paired_values(couples, case_key)
             if not net_values:
                 continue
             task = METRIC_TASK[key]
             failed = [n for n in (network, reference)
                       if any(task in by_key[(n, s)].get("collapsed", {}) for s in seeds)]
-            entry = {"network": network, "metric": key, "n_pairs": len(net_values), "failed": failed}
-            if key == "accuracy":
-                m = mcnemar_exact(ref_values, net_values)
-                ci = bootstrap_mean_ci(np.asarray(net_values, float) - np.asarray(ref_values, float), groups)
-                entry.update(diff=m["accuracy_b"] - m["accuracy_a"], low=ci["low"], high=ci["high"],
-                             p=m["p_mcnemar"], test="McNemar", only_reference=m["only_a"], only_network=m["only_b"])
-            else:
-                c = paired_comparison(ref_values, net_values, groups)
-                entry.update(diff=c["diff"], low=c["low"], high=c["high"], p=c["p_wilcoxon"], test="Wilcoxon")
+            c = _compare(key, ref_values, net_values, groups)
+            entry = {"network": network, "metric": key, "n_pairs": len(net_values), "failed": failed,
+                     "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"], "test": c["test"]}
+            if c["test"] == "McNemar":
+                entry.update(only_reference=c["only_a"], only_network=c["only_b"])
             out.append(entry)
     return out
 
@@ -410,20 +429,13 @@ def robustness(records: list[dict]) -> list[dict]:
         shift_names = [k for k in runs[0].get("cases", {}) if k != IN_DISTRIBUTION]
         for shift in shift_names:
             entry = {"network": network, "shift": shift}
+            couples = [(r["cases"].get(IN_DISTRIBUTION, []), r["cases"].get(shift, [])) for r in runs]
             for case_key, key in PAIRED_METRICS:
-                base, moved, groups = [], [], []
-                for r in runs:
-                    base_cases = {c["case"]: c for c in r["cases"].get(IN_DISTRIBUTION, [])}
-                    for c in r["cases"].get(shift, []):
-                        if case_key in c and case_key in base_cases.get(c["case"], {}):
-                            base.append(base_cases[c["case"]][case_key])
-                            moved.append(c[case_key])
-                            groups.append(c["case"])
+                base, moved, groups = _paired_values(couples, case_key)
                 if moved:
-                    change = paired_comparison(base, moved, groups)
-                    p = mcnemar_exact(base, moved)["p_mcnemar"] if key == "accuracy" else change["p_wilcoxon"]
-                    entry[key] = {"shifted": change["mean_b"], "test": change["mean_a"], "change": change["diff"],
-                                  "low": change["low"], "high": change["high"], "p": p}
+                    c = _compare(key, base, moved, groups)
+                    entry[key] = {"shifted": c["mean_b"], "test": c["mean_a"], "change": c["diff"],
+                                  "low": c["low"], "high": c["high"], "p": c["p"]}
             out.append(entry)
     return out
 
@@ -644,17 +656,13 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_all(tasks: list[tuple[str, int]], preset: ResultsPreset, data: Path, work: Path, log,
-             shift_data: dict[str, Path] | None, jobs: int) -> None:
-    """Run every (network, seed) of ``tasks`` (cached runs return at once). With ``jobs`` > 1,
-    that many worker processes share the cores (each with cores / jobs threads): on 2 cores two
-    single-threaded runs get through 1.26× the training samples of one run on both threads
-    (measured), and evaluation, mostly single-threaded, gains more. The lesion-ROI runs wait for
-    the segmentation-only runs whose boxes they use."""
-    if jobs <= 1:
-        for network, seed in tasks:
-            run_one(network, seed, preset, data, work, log, shift_data)
-        return
+def _run_parallel(tasks: list[tuple[str, int]], preset: ResultsPreset, data: Path, work: Path,
+                  shift_data: dict[str, Path] | None, jobs: int) -> None:
+    """Run every (network, seed) of ``tasks`` in ``jobs`` worker processes that share the cores
+    (each with cores / jobs threads): on 2 cores two single-threaded runs get through 1.26× the
+    training samples of one run on both threads (measured), and evaluation, mostly
+    single-threaded, gains more. The lesion-ROI runs wait for the segmentation-only runs whose
+    boxes they use. Each finished run is cached, where :func:`run_results` then reads it."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -676,7 +684,7 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
                 preset: ResultsPreset | None = None, jobs: int = 1) -> list[dict]:
     """Build the whole table (skipping runs already cached in ``work``) and write ``out`` plus a
     JSON twin (``out`` with ``.json``) that notebook 09 reads. ``preset`` overrides the named one
-    (tests use a tiny experiment); ``jobs``: runs trained at once (see :func:`_run_all`)."""
+    (tests use a tiny experiment); ``jobs``: runs trained at once (see :func:`_run_parallel`)."""
     preset = preset or ResultsPreset.named(preset_name)
     # cached data and runs are valid only for this preset and this phantom: each gets its folder
     work = Path(work) / preset_name / fingerprint(preset)
@@ -686,8 +694,9 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
     read_dataset(data)  # validate before spending an hour
     shift_data = make_shift_data(work / "shifts", preset, log) if preset.shifts else None
     tasks = [(n, s) for n in networks for s in seeds]
-    _run_all(tasks, preset, data, work, log, shift_data, jobs)
-    records = [run_one(n, s, preset, data, work, log, shift_data) for n, s in tasks]  # all cached now
+    if jobs > 1:
+        _run_parallel(tasks, preset, data, work, shift_data, jobs)
+    records = [run_one(n, s, preset, data, work, log, shift_data) for n, s in tasks]  # cached ones are read
     rows = aggregate(records)
     command = "make results" if preset_name == "results" else f"mtilib results --preset {preset_name}"
     timing = {"wall_seconds": time.perf_counter() - start,

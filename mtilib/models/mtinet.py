@@ -26,7 +26,7 @@ from torch import nn
 from mtilib.constants import LABEL_NAMES, NUM_CLASSES, PHASES
 from mtilib.models.blocks import ConvNormAct, ResBlock
 from mtilib.models.heads import ClassificationHead, RegressionHead, SegmentationHead
-from mtilib.models.mdief import MdIEF, PlainFusion
+from mtilib.models.mdief import ENTROPIES, MdIEF, PlainFusion
 from mtilib.models.tim import TaskInteraction
 from mtilib.models.transformer import PhaseMean, PhaseTransformer
 
@@ -87,8 +87,8 @@ class ModelConfig:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
-        if self.mdief_entropy not in ("spatial", "spectral"):
-            raise ValueError(f"mdief_entropy must be 'spatial' or 'spectral', not {self.mdief_entropy!r}")
+        if self.mdief_entropy not in ENTROPIES:
+            raise ValueError(f"mdief_entropy must be one of {tuple(ENTROPIES)}, not {self.mdief_entropy!r}")
         if self.arch not in ("mtinet", "unet"):
             raise ValueError(f"arch must be 'mtinet' or 'unet', not {self.arch!r}")
         if self.arch == "unet" and self.tasks != ("seg",):
