@@ -686,6 +686,12 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
     JSON twin (``out`` with ``.json``) that notebook 09 reads. ``preset`` overrides the named one
     (tests use a tiny experiment); ``jobs``: runs trained at once (see :func:`_run_parallel`)."""
     preset = preset or ResultsPreset.named(preset_name)
+    # arguments are checked before minutes of data generation, not after
+    for name in networks or ():
+        if name not in BASELINES:
+            raise ValueError(f"unknown network {name!r}; choose from {', '.join(BASELINES)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     # cached data and runs are valid only for this preset and this phantom: each gets its folder
     work = Path(work) / preset_name / fingerprint(preset)
     networks = list(networks or BASELINES)

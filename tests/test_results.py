@@ -133,3 +133,11 @@ def test_lesion_roi_baseline_trains_on_true_boxes_and_tests_on_predicted_ones(tm
     for case in record["cases"]["test"]:
         assert {"abs_err", "correct", "box_found"} <= set(case) and "dice" not in case
     assert record["headline"]["accuracy"] is not None and "dice" not in record["headline"]
+
+
+def test_bad_arguments_are_refused_before_any_data_is_generated(tmp_path):
+    with pytest.raises(ValueError, match="unknown network 'nonsense'"):
+        run_results(tmp_path / "r.md", networks=["nonsense"], work=tmp_path / "work")
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run_results(tmp_path / "r.md", jobs=0, work=tmp_path / "work")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "r.md").exists()
