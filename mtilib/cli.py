@@ -285,9 +285,19 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _refuse_existing_report(paths: list[Path], force: bool, made_by: str) -> None:
+    """A report from an earlier run is replaced only with ``--force``: checked before the minutes
+    or hours of computing, not after."""
+    for path in paths:
+        if path.exists() and not force:
+            raise RefusedError(f"{path}: exists from an earlier {made_by} run; pass --force to replace it "
+                               f"(make {made_by} does), or choose another --out")
+
+
 def _cmd_bench(args) -> int:
     from mtilib.bench import write_benchmarks
 
+    _refuse_existing_report([Path(args.out)], args.force, "bench")
     write_benchmarks(args.out, course=not args.skip_course)
     return 0
 
@@ -295,6 +305,8 @@ def _cmd_bench(args) -> int:
 def _cmd_results(args) -> int:
     from mtilib.results import run_results
 
+    out = Path(args.out)
+    _refuse_existing_report([out, out.with_suffix(".json")], args.force, "results")  # the table and its JSON twin
     run_results(args.out, args.preset, tuple(args.seeds), args.networks, args.work, jobs=args.jobs)
     return 0
 
@@ -417,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--skip-course", action="store_true", help="skip executing the notebooks (saves ~40 min)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (make bench does)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("results", help="train and evaluate MTI-Net, ablations and baselines over seeds")
@@ -428,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="build/results", help="data, runs and per-run results (cached)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, each on cores/jobs threads (make results: 2)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (make results does)")
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (no solutions)")

@@ -70,6 +70,10 @@ __all__ = [
 #: Names of the regressed phases (the enhancement vector has one value per post-contrast phase).
 POST_CONTRAST_PHASES: tuple[str, ...] = PHASES[1:]
 
+#: The task each headline metric measures (a task whose outputs collapsed fails all of its metrics).
+METRIC_TASK = {"dice": "seg", "hd95_mm": "seg", "enhancement_mae": "reg", "accuracy": "cls",
+               "macro_f1": "cls", "auc": "cls"}
+
 #: What "trained to a useful result" means for the ``course`` preset: ``{headline key: (op, value)}``
 #: with ``op`` ``">="`` or ``"<="``, keys as in :func:`headline_metrics` (validation history: ``val_`` + key).
 COURSE_TARGETS: dict[str, tuple[str, float]] = {

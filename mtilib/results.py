@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import platform
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -38,9 +38,9 @@ from mtilib.constants import CLASS_NAMES, LESION
 from mtilib.data.dataset import CaseVolume, crop_volume, lesion_box
 from mtilib.data.io import read_dataset, write_dataset
 from mtilib.data.phantom import PhantomConfig, derive_seed, generate_case, iter_cases
-from mtilib.metrics import headline_metrics
+from mtilib.metrics import METRIC_TASK, headline_metrics
 from mtilib.models import BASELINES, baseline_config
-from mtilib.runtime import versions
+from mtilib.runtime import cpu_name, versions
 from mtilib.stats import bootstrap_mean_ci, collapse_reason, mcnemar_exact, paired_comparison
 from mtilib.tables import markdown_table
 from mtilib.train import TrainConfig, evaluate_cases, load_model, load_volumes, predict_case, train
@@ -64,6 +64,9 @@ class ResultsPreset:
     data_seed: int = 2025
     patience: int = 2
     shifts: bool = True  # evaluate every run on the shifted test sets of SHIFTS too
+    # test cases acquired again per shift (the first ones of the test split, classes balanced; None: all):
+    # the shifted sets cost a fifth of each run's time with all 70, and 35 x 3 seeds still pair 105 cases
+    shift_cases: int | None = 35
     roi_size: int = 32  # crops of the lesion-ROI baseline are resized to roi_size² (a multiple of 16)
     lesion_slice_floor: int = 1  # 1: every lesion slice once per epoch (the course preset repeats them)
 
@@ -74,7 +77,7 @@ class ResultsPreset:
                        batch_size=8, patience=2)
         if name == "paper":
             return cls(phantom_preset="default", train_preset="paper", width=32, image_size=128, epochs=100,
-                       batch_size=32, patience=10)
+                       batch_size=32, patience=10, shift_cases=None)
         raise ValueError(f"unknown results preset {name!r}; choose 'results' or 'paper'")
 
     def train_config(self, network: str, seed: int) -> TrainConfig:
@@ -103,10 +106,6 @@ TABLE_COLUMNS = (
     ("AUC", "auc", ".3f"),
 )
 
-#: Which task each headline metric belongs to (a collapsed task fails all of its metrics).
-METRIC_TASK = {"dice": "seg", "hd95_mm": "seg", "enhancement_mae": "reg", "accuracy": "cls",
-               "macro_f1": "cls", "auc": "cls"}
-
 #: Acquisition shifts of the test cases (the same cases, acquired differently): phantom settings
 #: that replace the preset's. Training always uses the preset's own protocol.
 SHIFTS: dict[str, dict] = {
@@ -118,6 +117,9 @@ SHIFTS: dict[str, dict] = {
 
 #: The name of the unshifted test set in the per-case records.
 IN_DISTRIBUTION = "test"
+
+#: File in the work folder with the wall-clock time of the last invocation that trained every run.
+COLD_RUN = "cold_run.json"
 
 #: Bumped when the cached run records change shape, so that stale caches are recomputed.
 RUN_FORMAT = 2
@@ -169,6 +171,7 @@ def make_shift_data(root: Path, preset: ResultsPreset, log=print) -> dict[str, P
     hence the same patients and lesions, stored like it (so shifted and unshifted sets differ only
     by the acquisition). Returns ``{shift name: data set folder}``."""
     n_train, n_test = _split_sizes(preset)
+    n_shifted = min(n_test, preset.shift_cases or n_test)
     out = {}
     for k, (name, shift) in enumerate(SHIFTS.items()):
         folder = root / f"shift_{k}"
@@ -176,9 +179,9 @@ def make_shift_data(root: Path, preset: ResultsPreset, log=print) -> dict[str, P
         if (folder / "dataset.json").exists():
             continue
         start = time.perf_counter()
-        write_dataset(folder, (), iter_cases(n_test, seed=preset.data_seed, config=shift_config(preset, shift),
+        write_dataset(folder, (), iter_cases(n_shifted, seed=preset.data_seed, config=shift_config(preset, shift),
                                              start=n_train), description=f"test cases, {name}")
-        log(f"[results] shifted test set '{name}': {n_test} cases in {time.perf_counter() - start:.0f} s")
+        log(f"[results] shifted test set '{name}': {n_shifted} cases in {time.perf_counter() - start:.0f} s")
     return out
 
 
@@ -422,17 +425,22 @@ def paired_against(records: list[dict], reference: str = "mtinet", test_set: str
 def robustness(records: list[dict]) -> list[dict]:
     """Per network and shifted test set: the pooled per-case means of Dice, absolute enhancement
     error and correctness, and their change from the unshifted test set (same cases and seeds)
-    with its case-clustered bootstrap interval."""
+    with its case-clustered bootstrap interval. A task whose outputs collapsed in any seed is marked
+    ``{"failed": reason}`` instead: a constant output does not drop under a shift, and a change of
+    0 would read as robustness."""
     out = []
     for network in dict.fromkeys(r["network"] for r in records):
         runs = [r for r in records if r["network"] == network]
+        failed = {task: reason for r in runs for task, reason in r.get("collapsed", {}).items()}
         shift_names = [k for k in runs[0].get("cases", {}) if k != IN_DISTRIBUTION]
         for shift in shift_names:
             entry = {"network": network, "shift": shift}
             couples = [(r["cases"].get(IN_DISTRIBUTION, []), r["cases"].get(shift, [])) for r in runs]
             for case_key, key in PAIRED_METRICS:
                 base, moved, groups = _paired_values(couples, case_key)
-                if moved:
+                if moved and METRIC_TASK[key] in failed:
+                    entry[key] = {"failed": failed[METRIC_TASK[key]]}
+                elif moved:
                     c = _compare(key, base, moved, groups)
                     entry[key] = {"shifted": c["mean_b"], "test": c["mean_a"], "change": c["diff"],
                                   "low": c["low"], "high": c["high"], "p": c["p"]}
@@ -518,7 +526,9 @@ def _paired_cell(entry: dict) -> str:
     return cell
 
 
-def _paired_table(paired: list[dict]) -> list[dict]:
+def paired_table(paired: list[dict]) -> list[dict]:
+    """:func:`paired_against`'s entries as display rows: per network the pairs and, per metric,
+    ``difference [95 % interval], p`` (or "failed (networks)" where a task collapsed)."""
     names = {"dice": "Dice", "enhancement_mae": "abs. enhancement error", "accuracy": "accuracy"}
     table: dict[str, dict] = {}
     for e in paired:
@@ -528,12 +538,17 @@ def _paired_table(paired: list[dict]) -> list[dict]:
             for t in table.values()]
 
 
-def _robustness_table(entries: list[dict], key: str, fmt: str = ".3f") -> list[dict]:
+def robustness_table(entries: list[dict], key: str, fmt: str = ".3f") -> list[dict]:
+    """:func:`robustness`'s entries for metric ``key`` as display rows: per network the unshifted
+    mean, then per shift ``mean under the shift (change [95 % interval])``."""
     table: dict[str, dict] = {}
     for e in entries:
         if key not in e:
             continue
         v = e[key]
+        if "failed" in v:
+            table.setdefault(e["network"], {"network": e["network"], "test": "failed"})[e["shift"]] = "failed"
+            continue
         row = table.setdefault(e["network"], {"network": e["network"], "test": format(v["test"], fmt)})
         row[e["shift"]] = f"{format(v['shifted'], fmt)} ({v['change']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}])"
     return list(table.values())
@@ -550,10 +565,14 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
     lines = [
         "# Results on the phantom: MTI-Net, ablations and baselines",
         "",
-        f"Produced by `{command}` on {platform.processor() or platform.machine()} (torch {versions()['torch']}): "
+        f"Produced by `{command}` on {cpu_name()}, {os.cpu_count()} cores (torch {versions()['torch']}): "
         f"{timing['train_seconds_total'] / 60:.0f} minutes of training and evaluation over all runs, "
         f"{timing['wall_seconds'] / 60:.0f} minutes for this invocation ({timing.get('jobs', 1)} run(s) at a "
-        "time; finished runs are cached). "
+        "time; finished runs are cached)"
+        + (f"; a cold run (all {timing['cold_run']['runs']} runs trained, nothing cached) took "
+           f"{timing['cold_run']['wall_seconds'] / 60:.0f} minutes with {timing['cold_run']['jobs']} at a time "
+           f"({timing['cold_run']['machine']}, {timing['cold_run']['date']})" if timing.get("cold_run") else "")
+        + ". "
         f"Preset `{preset_name}`: {preset.cases_per_class * len(CLASS_NAMES)} phantom cases "
         f"(`{preset.phantom_preset}` phantom preset, data seed {preset.data_seed}), {n_train} for training "
         f"(20 % of them for validation: early stopping and checkpoint selection) and {n_test} "
@@ -606,7 +625,7 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
                 "MTI-Net / only the network got right). The pooled pairs are not independent across "
                 "seeds, so the p-values are optimistic; read the intervals first.",
                 "",
-                markdown_table(_paired_table(paired_against(records))),
+                markdown_table(paired_table(paired_against(records))),
                 "",
             ]
         lines += [
@@ -624,7 +643,9 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         lines += [
             "## Robustness under acquisition shift",
             "",
-            "The same test cases acquired differently (trained on the default protocol only): "
+            f"The first {min(n_test, preset.shift_cases or n_test)} test cases "
+            f"({min(n_test, preset.shift_cases or n_test) // len(CLASS_NAMES)} per class) acquired differently "
+            "(trained on the default protocol only): "
             + "; ".join(f"*{name}*" + (f" ({'×'.join(map(str, shapes[name]))} voxels)" if "matrix" in name else "")
                         for name in SHIFTS)
             + ". Pooled per-case mean under the shift, and in brackets its change from the unshifted "
@@ -633,7 +654,7 @@ def format_results(rows: list[dict], command: str, timing: dict, preset_name: st
         ]
         for title, key in (("Dice", "dice"), ("Absolute enhancement error", "enhancement_mae"),
                            ("Accuracy", "accuracy")):
-            table = _robustness_table(entries, key)
+            table = robustness_table(entries, key)
             if table:
                 lines += [f"### {title}", "", markdown_table(table), ""]
     lines += [
@@ -700,14 +721,22 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
     read_dataset(data)  # validate before spending an hour
     shift_data = make_shift_data(work / "shifts", preset, log) if preset.shifts else None
     tasks = [(n, s) for n in networks for s in seeds]
+    cached = [(n, s) for n, s in tasks if (work / f"{n}_seed{s}.json").exists()]
     if jobs > 1:
         _run_parallel(tasks, preset, data, work, shift_data, jobs)
     records = [run_one(n, s, preset, data, work, log, shift_data) for n, s in tasks]  # cached ones are read
     rows = aggregate(records)
     command = "make results" if preset_name == "results" else f"mtilib results --preset {preset_name}"
-    timing = {"wall_seconds": time.perf_counter() - start,
+    wall = time.perf_counter() - start
+    cold_path = work / COLD_RUN
+    if not cached and set(networks) == set(BASELINES):
+        # every run was trained by this invocation: its time is what a fresh `make results` costs
+        cold_path.write_text(json.dumps({"wall_seconds": wall, "jobs": jobs, "runs": len(tasks),
+                                         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+                                         "date": time.strftime("%Y-%m-%d")}))
+    timing = {"wall_seconds": wall,
               "train_seconds_total": sum(r["train_seconds"] + r.get("shift_eval_seconds", 0.0) for r in records),
-              "jobs": jobs}
+              "jobs": jobs, "cold_run": json.loads(cold_path.read_text()) if cold_path.exists() else None}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(format_results(rows, command, timing, preset_name, preset, seeds, records))

@@ -506,3 +506,19 @@ def test_readme_documents_every_exit_code_and_the_flags():
     for code in EXIT_CODES:
         assert f"| {code} |" in readme, f"exit code {code} is not in the README's table"
     assert "--force" in readme and "--debug" in readme and "MTILIB_DEBUG" in readme
+
+
+@pytest.mark.parametrize("command", ["results", "bench"])
+def test_report_commands_refuse_to_replace_an_earlier_report(command, tmp_path):
+    """``mtilib results`` and ``mtilib bench`` take an hour or more; an existing report is refused
+    before any of it is spent, and left as it was."""
+    report = tmp_path / "report.md"
+    report.write_text("an earlier table")
+    assert_one_line_error(run(command, "--out", report), REFUSED, report.name, "--force", command=command)
+    assert report.read_text() == "an earlier table"
+    if command == "results":  # the JSON twin that notebook 09 reads counts as the same report
+        report.unlink()
+        twin = tmp_path / "report.json"
+        twin.write_text("{}")
+        assert_one_line_error(run(command, "--out", report), REFUSED, twin.name, "--force", command=command)
+        assert twin.read_text() == "{}" and not report.exists()
