@@ -28,7 +28,7 @@ test: setup
 
 ## Open JupyterLab on the course with the project's kernel.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## Student copies without solutions, in build/student/.
 student: setup
@@ -36,11 +36,11 @@ student: setup
 
 ## Benchmarks -> docs/benchmarks.md and docs/figures/ (our networks against MONAI BasicUNet: the bench extra)
 bench: setup
-	$(BIN)/mtilib bench --out docs/benchmarks.md
+	$(BIN)/mtilib bench --out docs/benchmarks.md --force
 
 ## The phantom results table -> docs/results.md (about 90 minutes on 2 CPU cores)
 results: setup
-	$(BIN)/mtilib results --out docs/results.md --jobs 2
+	$(BIN)/mtilib results --out docs/results.md --jobs 2 --force
 
 ## Regenerate the shipped sample data set.
 data-samples: setup

@@ -136,6 +136,7 @@ def run_notebook(
     hang_after_s: float = HANG_AFTER_S,
     retries: int = 1,
     echo=None,
+    cwd: Path | None = None,
 ) -> NotebookResult:
     """Execute one notebook; never raises for a notebook error, returns a failed result instead.
 
@@ -143,7 +144,8 @@ def run_notebook(
     ``limit_s`` (default :data:`LIMIT_FACTOR` × its budget) is a hard wall-clock limit; a kernel
     that dies, or that stops answering (the process tree used no CPU for ``hang_after_s`` seconds),
     is killed and the notebook run again, up to ``retries`` times. A cell that raised is never
-    retried: it would raise again.
+    retried: it would raise again. The kernel runs in ``cwd`` (default: the notebook's folder, which
+    its relative paths assume; a generated copy elsewhere passes the course's folder).
     """
     budget = notebook_budget(path, quick)
     limit = float(limit_s) if limit_s is not None else LIMIT_FACTOR * budget
@@ -158,7 +160,8 @@ def run_notebook(
     }
     params.update(extra_parameters or {})
     request = {"path": str(path), "output": str(out_root / path.name), "out_dir": str(out_dir),
-               "parameters": params, "cell_timeout": cell_timeout, "progress": progress}
+               "parameters": params, "cell_timeout": cell_timeout, "progress": progress,
+               "cwd": str(Path(cwd or path.parent).resolve())}
     total = 0.0
     attempt = 0
     while True:
@@ -307,7 +310,7 @@ def _worker(request_path: str) -> int:
         with open(stderr_path, "w") as stderr_file:
             pm.execute_notebook(
                 str(path), request["output"], parameters=request["parameters"],
-                kernel_name=ensure_kernel(), cwd=str(path.parent), progress_bar=request["progress"],
+                kernel_name=ensure_kernel(), cwd=request.get("cwd", str(path.parent)), progress_bar=request["progress"],
                 stderr_file=stderr_file, execution_timeout=request["cell_timeout"],
                 request_save_on_cell_execute=False, on_cell_start=on_cell_start,
             )

@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtilib.losses",),
     ("mtilib.metrics", "mtilib.stats"),
     ("mtilib.train",),
-    ("mtilib.viz",),
-    ("mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student", "mtilib.diagrams"),
+    ("mtilib.viz", "mtilib.widgets"),
+    ("mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student", "mtilib.checks", "mtilib.diagrams"),
     ("mtilib.cli",),
 ]
 

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mtilib.constants import CLASS_NAMES, LESION, LIVER, PHASES
+from mtilib.metrics import METRIC_TASK
 from mtilib.models.mdief import BRANCHES
 
 PHASE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
@@ -36,9 +37,11 @@ def draw_phase_slice(images: np.ndarray, labels: np.ndarray | None, phase: int, 
                      show_mask: bool = True, ax=None, vmax: float | None = None, title: str | None = None):
     """One phase of one axial slice with liver (green) and lesion (red) contours.
 
-    ``images (P, H, W, S)``, ``labels (H, W, S)`` or None. Rows of the array are drawn as image rows
-    (``origin="lower"`` so the first NIfTI axis runs upwards as in radiological viewers of this
-    phantom). The ipywidgets viewer of notebook 01 calls this on every slider move.
+    ``images (P, H, W, S)``, ``labels (H, W, S)`` or None. The slice is drawn transposed with
+    ``origin="lower"``: the first array axis (i) runs left to right and the second (j) upwards, as
+    the axes of a plot, the way notebooks 01 and 03 describe it (so a Haar band named for rows
+    shows edges of the other orientation on screen). The ipywidgets viewer of notebook 01 calls this
+    on every slider move.
     """
     fig, ax = _ax(ax)
     n_phases, _, _, n_slices = images.shape
@@ -872,13 +875,17 @@ def plot_results(rows, keys=(("dice", "Dice ↑"), ("enhancement_mae", "enh. MAE
     """The results table as bars: one panel per metric, mean ± std over seeds per network.
 
     ``rows``: the ``rows`` of ``docs/results.json`` (each ``{"network": name, key: [mean, std], ...}``;
-    a network without a task has ``[None, None]`` and is left out of that panel). ``reference``'s
-    mean is drawn as a dotted line so that each bar reads as better or worse than it.
+    a network without a task has ``[None, None]`` and is left out of that panel; a task listed in
+    the row's ``failed`` (collapsed outputs) gets no bar either, only its name under "failed").
+    ``reference``'s mean is drawn as a dotted line so that each bar reads as better or worse than it.
     """
     keys = list(keys)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, (key, title) in zip(axes[0], keys):
-        shown = [r for r in rows if r[key][0] is not None]
+        task = METRIC_TASK[key]
+        has_task = [r for r in rows if r[key][0] is not None]
+        shown = [r for r in has_task if task not in r.get("failed", {})]
+        failed = [r["network"] for r in has_task if task in r.get("failed", {})]
         names = [r["network"] for r in shown]
         means = np.array([r[key][0] for r in shown])
         stds = np.array([r[key][1] for r in shown])
@@ -889,9 +896,47 @@ def plot_results(rows, keys=(("dice", "Dice ↑"), ("enhancement_mae", "enh. MAE
         ref = [r[key][0] for r in shown if r["network"] == reference]
         if ref:
             ax.axvline(ref[0], color="grey", ls=":", lw=1)
-        ax.set_xlim(0.0, float((means + stds).max()) * 1.03)  # bars from zero: lengths compare honestly
+        if len(shown):
+            ax.set_xlim(0.0, float((means + stds).max()) * 1.03)  # bars from zero: lengths compare honestly
+        if failed:
+            ax.set_xlabel("failed (constant output): " + ", ".join(failed), fontsize=7, color="#c44e52")
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_robustness(entries, rows=None, keys=(("dice", "Dice"), ("enhancement_mae", "abs. enhancement error"),
+                                               ("accuracy", "accuracy"))):
+    """Change of each network's pooled test mean under each acquisition shift, with its 95 %
+    bootstrap interval: one panel per metric, one row per network, one colour per shift; the
+    dotted line is no change.
+
+    ``entries``: ``docs/results.json``'s ``robustness`` (each ``{"network", "shift", key:
+    {"change", "low", "high", ...}}``). ``rows`` (its ``rows``) leaves out tasks that failed.
+    """
+    failed = {(r["network"], t) for r in rows or () for t in r.get("failed", {})}
+    shifts = list(dict.fromkeys(e["shift"] for e in entries))
+    colours = plt.get_cmap("tab10")(np.arange(len(shifts)) % 10)
+    keys = list(keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 0.5 + 0.32 * len(entries) / max(len(shifts), 1)
+                                                    + 1.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], keys):
+        kept = [e for e in entries if key in e and "failed" not in e[key]
+                and (e["network"], METRIC_TASK[key]) not in failed]
+        networks = list(dict.fromkeys(e["network"] for e in kept))
+        for i, shift in enumerate(shifts):
+            mine = [e for e in kept if e["shift"] == shift]
+            y = np.array([networks.index(e["network"]) for e in mine]) + (i - (len(shifts) - 1) / 2) * 0.18
+            change = np.array([e[key]["change"] for e in mine])
+            err = np.array([[e[key]["change"] - e[key]["low"], e[key]["high"] - e[key]["change"]] for e in mine]).T
+            ax.errorbar(change, y, xerr=err.reshape(2, -1), fmt="o", ms=3, lw=1, color=colours[i],
+                        label=shift if ax is axes[0][0] else None)
+        ax.axvline(0.0, color="grey", ls=":", lw=1)
+        ax.set_yticks(np.arange(len(networks)), networks, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{title}: change under shift", fontsize=10)
+    fig.legend(loc="lower center", ncol=min(len(shifts), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -973,4 +1018,262 @@ def plot_time_to_accuracy(history, targets: dict, path: str | Path | None = None
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)
+    return fig
+
+
+# --- the MTI-Net block diagram (notebooks 00 and 03-09) --------------------------------------------------
+
+#: The blocks of the diagram: name -> (x, y, width, height, label), in the diagram's own units.
+MTINET_BLOCKS: dict[str, tuple[float, float, float, float, str]] = {
+    "inputs": (0.0, 2.3, 1.9, 1.4, "4 phases\npre · arterial ·\nvenous · delayed\n+ their times"),
+    "encoder": (2.6, 2.3, 1.9, 1.4, "shared encoder\n(each phase\nseparately)"),
+    "mdief": (5.3, 4.4, 2.3, 1.3, "MdIEF\nfuses the phases\nat each skip level"),
+    "transformer": (5.3, 0.3, 2.3, 1.3, "phase Transformer\n(bottleneck,\ntime-aware)"),
+    "decoder": (8.4, 2.3, 1.7, 1.4, "decoder"),
+    "mask": (11.0, 4.4, 2.5, 1.3, "lesion mask\n(segmentation)"),
+    "tim": (11.0, 2.3, 2.5, 1.4, "TIM\npooling under s0 ·\nFiLM · consistency"),
+    "heads": (11.0, 0.3, 2.5, 1.3, "heads\nenhancement ê ·\nclass"),
+    "tdd": (14.3, 0.3, 2.6, 1.3, "TDD, the adversary:\ndo ê and class\nagree?"),
+}
+
+#: Arrows of the diagram: (from, to, label, style) with style "-" (data), "<->" (both ways) or "--" (adversarial).
+MTINET_ARROWS = (
+    ("inputs", "encoder", "", "-"),
+    ("encoder", "mdief", "skips", "-"),
+    ("encoder", "transformer", "bottleneck", "-"),
+    ("mdief", "decoder", "", "-"),
+    ("transformer", "decoder", "", "-"),
+    ("decoder", "mask", "", "-"),
+    ("decoder", "tim", "s0", "-"),
+    ("tim", "heads", "", "<->"),
+    ("transformer", "heads", "pooled summary", "-"),
+    ("heads", "tdd", "", "--"),
+)
+
+#: What each course notebook highlights in the diagram.
+NOTEBOOK_PARTS: dict[str, tuple[str, ...]] = {
+    "03": ("mdief",), "04": ("encoder", "decoder", "mask"), "05": ("tim", "heads"), "06": ("heads",),
+    "07": ("transformer",), "08": ("tdd",), "09": tuple(MTINET_BLOCKS),
+}
+
+
+def _anchor(box, towards):
+    """The point where the straight line from the centre of ``box`` to ``towards`` leaves the box."""
+    x, y, w, h = box[:4]
+    cx, cy = x + w / 2, y + h / 2
+    dx, dy = towards[0] - cx, towards[1] - cy
+    scale = min((w / 2) / abs(dx) if dx else np.inf, (h / 2) / abs(dy) if dy else np.inf)
+    return cx + dx * scale, cy + dy * scale
+
+
+def draw_mtinet(highlight=None, ax=None, title: str | None = None):
+    """MTI-Net's block diagram: phases → shared encoder → MdIEF on the skips and the phase
+    Transformer at the bottleneck → decoder → lesion mask and the preliminary mask s0 → TIM ↔ heads
+    → TDD. ``highlight``: a block name of :data:`MTINET_BLOCKS`, a tuple of them, or a notebook
+    number of :data:`NOTEBOOK_PARTS` (``"05"``); those blocks are coloured, the others grey.
+    Returns the figure."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    if highlight is None:
+        lit = set(MTINET_BLOCKS)
+    elif isinstance(highlight, str) and highlight in NOTEBOOK_PARTS:
+        lit = set(NOTEBOOK_PARTS[highlight])
+    else:
+        lit = {highlight} if isinstance(highlight, str) else set(highlight)
+    unknown = lit - set(MTINET_BLOCKS)
+    if unknown:
+        raise ValueError(f"unknown block(s) {sorted(unknown)}; choose from {list(MTINET_BLOCKS)} "
+                         f"or a notebook number of {list(NOTEBOOK_PARTS)}")
+    fig, ax = _ax(ax, figsize=(12.0, 4.0))
+    for name, (x, y, w, h, label) in MTINET_BLOCKS.items():
+        on = name in lit
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05,rounding_size=0.15",
+                                    facecolor="#dbe6f4" if on else "#f2f2f2", edgecolor="#4c72b0" if on else "#b0b0b0",
+                                    linewidth=2.0 if on else 1.0, gid=f"block:{name}:{'on' if on else 'off'}"))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=8.5,
+                color="#1a1a1a" if on else "#8a8a8a", fontweight="bold" if on else "normal")
+    for start, end, label, style in MTINET_ARROWS:
+        a, b = MTINET_BLOCKS[start], MTINET_BLOCKS[end]
+        ca = (a[0] + a[2] / 2, a[1] + a[3] / 2)
+        cb = (b[0] + b[2] / 2, b[1] + b[3] / 2)
+        p, q = _anchor(a, cb), _anchor(b, ca)
+        on = start in lit and end in lit
+        ax.add_patch(FancyArrowPatch(p, q, arrowstyle="<|-|>" if style == "<->" else "-|>", mutation_scale=12,
+                                     linestyle="--" if style == "--" else "-", linewidth=1.4,
+                                     color="#4c72b0" if on else "#9a9a9a", shrinkA=2, shrinkB=2))
+        if label:
+            ax.text((p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + 0.12, label, ha="center", va="bottom", fontsize=7.5,
+                    color="#4c72b0" if on else "#8a8a8a", style="italic")
+    ax.set_xlim(-0.2, 17.1)
+    ax.set_ylim(0.0, 6.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- frames of the interactive explorers (mtilib.widgets wraps them in sliders) ----------------------------
+
+def slice_curve(images: np.ndarray, mask: np.ndarray | None, slice_index: int) -> np.ndarray | None:
+    """Mean signal per phase under ``mask`` on one slice: ``images (P, H, W, S)``, ``mask (H, W, S)``
+    -> ``(P,)``; None when the mask has no voxel on that slice (a time–intensity curve of an ROI)."""
+    if mask is None:
+        return None
+    region = np.asarray(mask, dtype=bool)[:, :, slice_index]
+    if not region.any():
+        return None
+    return np.array([float(images[p, :, :, slice_index][region].mean()) for p in range(images.shape[0])])
+
+
+def _lesion_mask_of(prediction) -> np.ndarray | None:
+    """A predicted lesion mask from a label map ``(H, W, S)``, a boolean mask or a CasePrediction."""
+    if prediction is None:
+        return None
+    if hasattr(prediction, "lesion_mask"):
+        return prediction.lesion_mask
+    prediction = np.asarray(prediction)
+    return prediction if prediction.dtype == bool else prediction == LESION
+
+
+def draw_viewer_frame(images: np.ndarray, labels: np.ndarray | None, phase: int, slice_index: int,
+                      prediction=None, times_s=None, show_mask: bool = True, vmax: float | None = None,
+                      title: str | None = None):
+    """One frame of the phase × slice viewer: the slice in one phase with the liver and lesion
+    contours (and the predicted lesion, magenta dashed), beside the time–intensity curves of the
+    lesion, the liver and the predicted lesion *on that slice* (the current phase marked).
+
+    ``images (P, H, W, S)``; ``labels (H, W, S)`` or None; ``prediction``: a label map, a boolean
+    lesion mask or a :class:`~mtilib.train.inference.CasePrediction`; ``times_s (P,)``: the phase
+    times (default: the phase index). Returns the figure."""
+    fig, (ax_image, ax_curve) = plt.subplots(1, 2, figsize=(8.6, 3.7), gridspec_kw={"width_ratios": [1, 1.2]})
+    draw_phase_slice(images, labels, phase, slice_index, show_mask, ax=ax_image, vmax=vmax, title=title)
+    predicted = _lesion_mask_of(prediction)
+    if show_mask and predicted is not None:
+        region = predicted[:, :, slice_index].T.astype(float)
+        if region.any() and not region.all():
+            ax_image.contour(region, levels=[0.5], colors="#e377c2", linestyles="dashed", linewidths=1.2,
+                             origin="lower")
+    times = np.arange(images.shape[0]) if times_s is None else np.asarray(times_s, dtype=float)
+    curves = {"lesion (truth)": (labels == LESION if labels is not None else None, "#d62728", "-"),
+              "liver": (labels == LIVER if labels is not None else None, "#2ca02c", "-"),
+              "lesion (predicted)": (predicted, "#e377c2", "--")}
+    for name, (mask, colour, style) in curves.items():
+        curve = slice_curve(images, mask, slice_index)
+        if curve is not None:
+            ax_curve.plot(times, curve, style, marker="o", color=colour, label=name)
+    ax_curve.axvline(times[phase], color="grey", ls=":", lw=1)
+    ax_curve.set_xlabel("time after injection (s)" if times_s is not None else "phase")
+    ax_curve.set_ylabel("mean signal on this slice")
+    ax_curve.set_title("time–intensity curves", fontsize=10)
+    if ax_curve.lines:
+        ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw_tofts_curve(t_s, cp_art, cp_pv, params: dict, reference: dict | None = None, phase_times_s=None):
+    """The tissue concentration of the dual-input extended Tofts model for ``params``
+    (``ktrans_per_min``, ``ve``, ``vp``, ``fa``), beside a ``reference`` tissue (dashed), with the
+    phase times marked: the frame of the Tofts explorer of notebook 01."""
+    from mtilib.data.physics import extended_tofts_dual_input
+
+    curves = {"this tissue": extended_tofts_dual_input(t_s, cp_art, cp_pv, **params)}
+    if reference is not None:
+        curves["reference"] = extended_tofts_dual_input(t_s, cp_art, cp_pv, **reference)
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    plot_time_curves(t_s, curves, phase_times_s, ax=ax,
+                     title=", ".join(f"{k.replace('_per_min', '')} = {v:.2f}" for k, v in params.items()))
+    if reference is not None:
+        ax.lines[1].set_linestyle("--")
+    fig.tight_layout()
+    return fig
+
+
+def entropy_softmax(entropies, tau: float) -> np.ndarray:
+    """MdIEF's branch weights ``softmax_b(−H_b / τ)`` for entropies ``H_b`` (numpy, for display)."""
+    logits = -np.asarray(entropies, dtype=float) / float(tau)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+def draw_temperature_weights(entropies: dict, tau: float):
+    """Bars of MdIEF's branch weights for the entropies ``{branch: H}`` at temperature ``tau``."""
+    weights = entropy_softmax(list(entropies.values()), tau)
+    fig, ax = plt.subplots(figsize=(5.2, 2.8))
+    bars = ax.bar([f"{b}\nH = {h:.3f}" for b, h in entropies.items()], weights, color=PHASE_COLOURS[:len(weights)])
+    for bar, w in zip(bars, weights):
+        ax.text(bar.get_x() + bar.get_width() / 2, w + 0.02, f"{w:.2f}", ha="center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("weight")
+    ax.set_title(f"τ = {tau:g}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_highpass_frame(image, sigma: float):
+    """A 2D image, its Gaussian high-pass at ``sigma`` (cycles/pixel) and the share of the image's
+    energy the high-pass keeps: the frame of the σ explorer of notebook 03."""
+    import torch
+
+    from mtilib.models.blocks import gaussian_highpass
+
+    image = np.asarray(image, dtype=np.float32)
+    high = gaussian_highpass(torch.from_numpy(image), float(sigma)).numpy()
+    kept = float((high ** 2).sum() / max((image ** 2).sum(), 1e-12))
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.2))
+    axes[0].imshow(image.T, cmap="gray", origin="lower")
+    axes[0].set_title("image", fontsize=10)
+    limit = float(np.abs(high).max()) or 1.0
+    axes[1].imshow(high.T, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
+    axes[1].set_title(f"high-pass σ = {sigma:g}: keeps {kept:.1%} of the energy", fontsize=10)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_dice_vs_size(table, size: str = "lesion_diameter_mm", metric: str = "dice", group: str = "class_name"):
+    """Per-case ``metric`` against lesion ``size`` (a per-case table such as ``CaseMetrics.table()``),
+    one colour per ``group``; missed lesions (metric 0) drawn as crosses. Returns the figure."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    groups = list(dict.fromkeys(frame[group])) if group in frame else [None]
+    colours = plt.get_cmap("tab10")(np.arange(len(groups)) % 10)
+    for colour, name in zip(colours, groups):
+        rows = frame if name is None else frame[frame[group] == name]
+        hit = rows[rows[metric] > 0]
+        ax.scatter(hit[size], hit[metric], color=colour, s=28, label=name)
+        missed = rows[rows[metric] <= 0]
+        if len(missed):
+            ax.scatter(missed[size], missed[metric], color=colour, marker="x", s=40)
+    ax.set_xlabel(size.replace("_mm", " (mm)").replace("_", " "))
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{metric} per case against lesion size (x: missed)", fontsize=10)
+    if groups != [None]:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_conditions(frame, lower_is_better=("enhancement MAE",)):
+    """A table of conditions (rows) × metrics (columns) as bars, one panel per metric (the arrow in
+    the title says which way is better): the protocol comparison of notebook 07."""
+    import pandas as pd
+
+    frame = pd.DataFrame(frame)
+    fig, axes = plt.subplots(1, len(frame.columns), figsize=(3.6 * len(frame.columns), 3.0), squeeze=False)
+    for ax, column in zip(axes[0], frame.columns):
+        ax.barh(np.arange(len(frame)), frame[column].to_numpy(dtype=float), color=PHASE_COLOURS[:len(frame)])
+        ax.set_yticks(np.arange(len(frame)), [str(i) for i in frame.index], fontsize=8)
+        ax.invert_yaxis()
+        for k, value in enumerate(frame[column].to_numpy(dtype=float)):
+            ax.text(value, k, f" {value:.3f}", va="center", fontsize=8)
+        ax.set_xlim(0, float(frame[column].max()) * 1.3 or 1.0)
+        ax.set_title(f"{column} {'↓' if column in lower_is_better else '↑'}", fontsize=10)
+    fig.tight_layout()
     return fig

@@ -153,3 +153,107 @@ def test_plot_results_leaves_out_networks_without_the_task():
     labels = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
     assert labels[0] == ["mtinet", "seg_only"] and labels[2] == ["mtinet", "cls_only"]
     plt.close(fig)
+
+
+def test_plot_results_gives_a_failed_task_no_bar():
+    from mtilib.viz import plot_results
+
+    rows = [
+        {"network": "mtinet", "dice": [0.8, 0.01], "enhancement_mae": [0.2, 0.02], "accuracy": [0.8, 0.05]},
+        {"network": "no_tim", "dice": [0.82, 0.01], "enhancement_mae": [0.58, 0.0], "accuracy": [1 / 7, 0.0],
+         "failed": {"reg": "constant", "cls": "one class"}},
+    ]
+    fig = plot_results(rows)
+    assert [len(ax.patches) for ax in fig.axes] == [2, 1, 1]
+    assert "no_tim" in fig.axes[1].get_xlabel() and "failed" in fig.axes[2].get_xlabel()
+    assert fig.axes[0].get_xlabel() == ""
+    plt.close(fig)
+
+
+def test_plot_robustness_draws_each_change_with_its_interval():
+    from mtilib.viz import plot_robustness
+
+    def entry(network, shift, change):
+        return {"network": network, "shift": shift,
+                "dice": {"change": change, "low": change - 0.02, "high": change + 0.01},
+                "accuracy": {"change": -change, "low": -change - 0.05, "high": -change + 0.05}}
+
+    entries = [entry("mtinet", "SNR 15", -0.05), entry("mtinet", "misregistration", -0.08),
+               entry("no_tim", "SNR 15", -0.03), entry("no_tim", "misregistration", -0.04)]
+    rows = [{"network": "no_tim", "failed": {"cls": "one class"}}]
+    fig = plot_robustness(entries, rows, keys=(("dice", "Dice"), ("accuracy", "accuracy")))
+    dice_ax, acc_ax = fig.axes[:2]
+    assert [t.get_text() for t in dice_ax.get_yticklabels()] == ["mtinet", "no_tim"]
+    assert [t.get_text() for t in acc_ax.get_yticklabels()] == ["mtinet"]  # no_tim's accuracy failed
+    # one marker per (network, shift), at the change
+    markers = {round(float(x), 6) for line in dice_ax.lines for x in line.get_xdata()}
+    assert {-0.05, -0.08, -0.03, -0.04} <= markers
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["SNR 15", "misregistration"]
+    plt.close(fig)
+
+
+def test_mtinet_diagram_highlights_a_notebooks_part():
+    from mtilib.viz import MTINET_BLOCKS, NOTEBOOK_PARTS, draw_mtinet
+
+    def lit(fig):
+        return {p.get_gid().split(":")[1] for p in fig.axes[0].patches
+                if (p.get_gid() or "").startswith("block:") and p.get_gid().endswith(":on")}
+
+    full = draw_mtinet()
+    assert lit(full) == set(MTINET_BLOCKS)
+    texts = " ".join(t.get_text() for t in full.axes[0].texts)
+    for word in ("MdIEF", "Transformer", "TIM", "TDD", "decoder", "encoder", "s0"):
+        assert word in texts
+    plt.close(full)
+    for notebook, parts in NOTEBOOK_PARTS.items():
+        fig = draw_mtinet(notebook)
+        assert lit(fig) == set(parts), notebook
+        plt.close(fig)
+    with pytest.raises(ValueError, match="unknown block"):
+        draw_mtinet("attention")
+
+
+def test_the_diagram_opens_notebook_00_and_each_model_notebook():
+    """The diagram is drawn in 00 and near the top of 03-09, with the notebook's own part."""
+    import nbformat
+
+    from mtilib.course import NOTEBOOK_DIR
+    from mtilib.viz import NOTEBOOK_PARTS
+
+    for path in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")):
+        number = path.name[:2]
+        if number != "00" and number not in NOTEBOOK_PARTS:
+            continue
+        cells = nbformat.read(path, as_version=4).cells
+        calls = [i for i, c in enumerate(cells) if c.cell_type == "code" and "draw_mtinet(" in c.source]
+        assert calls and calls[0] < 8, f"{path.name}: no diagram near the top"
+        if number != "00":
+            assert f'draw_mtinet("{number}"' in cells[calls[0]].source, path.name
+
+
+def test_dice_against_size_marks_the_misses():
+    import pandas as pd
+
+    from mtilib.viz import plot_dice_vs_size
+
+    table = pd.DataFrame({"lesion_diameter_mm": [12.0, 30.0, 45.0, 8.0], "dice": [0.7, 0.9, 0.95, 0.0],
+                          "class_name": ["HCC", "HCC", "cyst", "cyst"]})
+    fig = plot_dice_vs_size(table)
+    ax = fig.axes[0]
+    offsets = [c.get_offsets() for c in ax.collections]
+    assert sum(len(o) for o in offsets) == 4
+    assert [list(o[0]) for o in offsets if len(o) == 1 and o[0][1] == 0.0] == [[8.0, 0.0]]  # the miss
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HCC", "cyst"]
+    plt.close(fig)
+
+
+def test_conditions_as_bars_one_panel_per_metric():
+    import pandas as pd
+
+    from mtilib.viz import plot_conditions
+
+    frame = pd.DataFrame({"Dice": [0.9, 0.85], "enhancement MAE": [0.1, 0.2]}, index=["default", "other"])
+    fig = plot_conditions(frame)
+    assert [ax.get_title() for ax in fig.axes] == ["Dice ↑", "enhancement MAE ↓"]
+    assert [round(p.get_width(), 3) for p in fig.axes[1].patches] == [0.1, 0.2]
+    plt.close(fig)

@@ -129,6 +129,12 @@ def liver_bbox(labels_2d: np.ndarray, margin: int) -> tuple[int, int, int, int]:
             max(cols.min() - margin, 0), min(cols.max() + margin + 1, w))
 
 
+def largest_lesion_slice(labels: np.ndarray, lesion: int = LESION) -> int:
+    """Index of the axial slice (last axis) of a ``(H, W, S)`` label map with the most lesion
+    voxels (0 when there is no lesion): the slice the notebooks show first."""
+    return int(np.argmax((np.asarray(labels) == lesion).sum(axis=(0, 1))))
+
+
 def lesion_box(mask: np.ndarray, margin_fraction: float = 0.5, min_size: int = 12
                ) -> tuple[slice, slice, slice] | None:
     """A square in-plane box around a 3D lesion mask ``(H, W, S)``, and the slices it crosses.

@@ -103,7 +103,9 @@ def split_train_val(volumes: list[CaseVolume], cfg: TrainConfig):
 
 
 def class_weight_tensor(volumes: list[CaseVolume], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency class weights (mean 1 over the classes present)."""
+    """Inverse-frequency class weights ``N / (K n_c)`` from the cases' classes (N cases, K classes
+    present, n_c cases of class c; 0 for an absent class): averaged over the cases a weight is 1,
+    and every class present carries the same total weight N / K."""
     counts = np.bincount([v.class_id for v in volumes], minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
