@@ -109,6 +109,10 @@ EXPECTED: dict[str, dict] = {
     },
     "06": {
         "head_inputs": 259, "importance_descriptors": (0.3, 1.0),  # the lesion's descriptors carry the class
+        # what the text says of the class mean curves: abscess and metastasis closest, ICC rising into
+        # the venous phase and holding, the cyst flat
+        "closest_mean_curve_pair": "abscess / metastasis", "icc_mean_curve_rises_and_holds": True,
+        "cyst_mean_curve_max_abs": (0.0, 0.05),
         "slice_imbalance": (1.2, 10.0),  # balanced cases, unbalanced slices
         "weight_case_mean": (0.999, 1.001), "subset_weight_rare": (1.5, 3.0), "exercise_weights_max_diff": (0.0, 1e-5),
         # a bias-only classifier learns the class frequencies; inverse-frequency weights flatten that prior
