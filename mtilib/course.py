@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -297,6 +298,8 @@ def _worker(request_path: str) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     request = json.loads(Path(request_path).read_text())
+    # the kernel inherits this: explorers draw static frames in a headless run (mtilib.widgets)
+    os.environ["MTILIB_STATIC_WIDGETS"] = "1"
     out_dir = Path(request["out_dir"])
     path = Path(request["path"])
     progress_path = out_dir / "_progress.json"

@@ -4,11 +4,15 @@
 Each explorer is a thin shell. What it shows is drawn by a pure function that the tests call
 directly (:func:`~mtilib.viz.draw_viewer_frame`, :func:`~mtilib.viz.draw_tofts_curve`,
 :func:`~mtilib.viz.draw_highpass_frame`, :func:`~mtilib.viz.draw_temperature_weights`), and the
-only logic here is which control feeds which argument. Without ipywidgets (a bare install, a
-static copy of a notebook) each explorer draws its first frame as a plain figure instead.
+only logic here is which control feeds which argument. Without ipywidgets (a bare install), or
+when the environment sets ``MTILIB_STATIC_WIDGETS`` (the course runner does: a notebook executed
+headless has no one to move a slider, and a live widget there only risks waiting on its comm
+channel), each explorer draws its first frame as a plain figure instead.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -16,8 +20,13 @@ from mtilib.constants import PHASES
 from mtilib.data.dataset import largest_lesion_slice
 from mtilib.viz import draw_highpass_frame, draw_temperature_weights, draw_tofts_curve, draw_viewer_frame
 
+#: Environment variable that makes every explorer draw a static frame (set by the course runner).
+STATIC_ENV = "MTILIB_STATIC_WIDGETS"
+
 
 def _ipywidgets():
+    if os.environ.get(STATIC_ENV):
+        return None
     try:
         import ipywidgets
     except ImportError:  # the notebook extra is not installed: static frames only

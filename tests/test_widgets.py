@@ -2,6 +2,8 @@
 screen; the widgets themselves are built, driven through their controls, and fall back to a
 static frame without ipywidgets."""
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -128,3 +130,13 @@ def test_tofts_and_sigma_explorers_build_their_sliders():
     assert sliders[0].value == 1.0
     box = explorers.highpass_explorer(np.ones((8, 8)), sigma=0.1)
     assert box.children[0].description == "σ" and box.children[0].value == 0.1
+
+
+def test_the_course_runner_asks_for_static_frames(monkeypatch):
+    """A headless run (the course runner sets MTILIB_STATIC_WIDGETS) gets figures, not live widgets."""
+    monkeypatch.setenv(explorers.STATIC_ENV, "1")
+    fig = explorers.highpass_explorer(np.ones((8, 8)), sigma=0.1)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
+    course_source = (Path(explorers.__file__).parent / "course.py").read_text()
+    assert f'os.environ["{explorers.STATIC_ENV}"] = "1"' in course_source
