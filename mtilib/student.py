@@ -35,15 +35,20 @@ def _tags(cell) -> set[str]:
     return set(cell.metadata.get("tags", []))
 
 
+def _clear_outputs(cells) -> None:
+    """Empty the outputs and execution counts of the code cells, in place."""
+    for cell in cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+
+
 def student_notebook(nb):
     """A copy of ``nb`` without cells tagged ``solution``, ``instructor`` or ``metrics`` and
     without outputs."""
     copy = nbformat.from_dict(nb)
     copy.cells = [c for c in copy.cells if not _tags(c) & set(REMOVED_TAGS)]
-    for cell in copy.cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
+    _clear_outputs(copy.cells)
     return copy
 
 
@@ -107,10 +112,7 @@ def rehearsal_notebook(nb):
     cells.append(nbformat.v4.new_code_cell(
         "from mtilib.student import write_rehearsal_record\nwrite_rehearsal_record(OUT_DIR, globals())",
         metadata={"tags": [REHEARSAL_TAG]}))
-    for cell in cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
+    _clear_outputs(cells)
     rehearsal.cells = cells
     return rehearsal
 
@@ -145,15 +147,3 @@ def write_rehearsal_record(out_dir: str | Path, namespace: dict) -> Path:
     path = Path(out_dir) / REHEARSAL_RECORD
     path.write_text(json.dumps(namespace.get("_rehearsal", []), indent=1, ensure_ascii=False))
     return path
-
-
-def write_rehearsals(out_dir: str | Path, notebook_dir: str | Path = NOTEBOOK_DIR) -> list[Path]:
-    """Write the rehearsal of every numbered notebook to ``out_dir`` (same file names)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in discover(Path(notebook_dir)):
-        target = out / path.name
-        nbformat.write(rehearsal_notebook(nbformat.read(path, as_version=4)), target)
-        written.append(target)
-    return written
