@@ -77,6 +77,7 @@ def _cmd_course(args) -> int:
         fail_fast=args.fail_fast,
         limit_factor=args.limit_factor or LIMIT_FACTOR,
         hang_after_s=args.hang_after or HANG_AFTER_S,
+        jobs=args.jobs or min(2, os.cpu_count() or 1),
     )
     print()
     print(summary_table(results))
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard wall-clock limit per notebook, in multiples of its budget (default 5)")
     p.add_argument("--hang-after", type=float, default=None,
                    help="seconds without CPU use after which a kernel counts as hung (default 180)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="notebooks run at a time, the cores shared between them (default: 2 on a machine "
+                        "with 2 or more cores)")
     p.set_defaults(func=_cmd_course)
 
     p = sub.add_parser(

@@ -14,7 +14,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def write_metrics(out_dir: str | Path, **metrics) -> Path:
 
 
 def discover(notebook_dir: Path = NOTEBOOK_DIR, only: list[str] | None = None) -> list[Path]:
-    """Numbered notebooks ``NN_name.ipynb`` in order; ``only`` selects by number (``"03"`` or ``3``)."""
+    """Numbered notebooks ``NN_name.ipynb`` in order; ``only`` selects by number (``"04"`` or ``4``)."""
     books = sorted(p for p in notebook_dir.glob("*.ipynb") if _NB_NAME.match(p.name))
     if only:
         wanted = {f"{int(n):02d}" for n in only}
@@ -138,6 +140,7 @@ def run_notebook(
     retries: int = 1,
     echo=None,
     cwd: Path | None = None,
+    threads: int | None = None,
 ) -> NotebookResult:
     """Execute one notebook; never raises for a notebook error, returns a failed result instead.
 
@@ -146,7 +149,8 @@ def run_notebook(
     that dies, or that stops answering (the process tree used no CPU for ``hang_after_s`` seconds),
     is killed and the notebook run again, up to ``retries`` times. A cell that raised is never
     retried: it would raise again. The kernel runs in ``cwd`` (default: the notebook's folder, which
-    its relative paths assume; a generated copy elsewhere passes the course's folder).
+    its relative paths assume; a generated copy elsewhere passes the course's folder). ``threads``
+    sets the kernel's intra-op threads (``OMP_NUM_THREADS``; default: inherited).
     """
     budget = notebook_budget(path, quick)
     limit = float(limit_s) if limit_s is not None else LIMIT_FACTOR * budget
@@ -162,7 +166,7 @@ def run_notebook(
     params.update(extra_parameters or {})
     request = {"path": str(path), "output": str(out_root / path.name), "out_dir": str(out_dir),
                "parameters": params, "cell_timeout": cell_timeout, "progress": progress,
-               "cwd": str(Path(cwd or path.parent).resolve())}
+               "cwd": str(Path(cwd or path.parent).resolve()), "threads": threads}
     total = 0.0
     attempt = 0
     while True:
@@ -198,18 +202,20 @@ def _attempt(request: dict, limit: float, hang_after_s: float) -> tuple[str, str
     request_path = out_dir / "_request.json"
     request_path.write_text(json.dumps(request))
     start = time.perf_counter()
+    env = dict(os.environ)
+    if request.get("threads"):  # the kernel inherits the worker's environment
+        env.update({name: str(request["threads"]) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     with open(out_dir / "runner.log", "w") as log:
         worker = subprocess.Popen([sys.executable, "-m", "mtilib.course", "--worker", str(request_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     watch = psutil.Process(worker.pid)
     cpu_seen: dict[int, float] = {}
-    idle_since = time.perf_counter()
+    idle = IdleClock(threshold_s=0.01 * hang_after_s, start=time.perf_counter())
     verdict = None
     while worker.poll() is None:
         time.sleep(min(0.5, hang_after_s / 6))
         now = time.perf_counter()
-        if _tree_cpu_advanced(watch, cpu_seen, threshold=0.01 * hang_after_s):
-            idle_since = now
+        idle_since = idle.update(now, _tree_cpu_used(watch, cpu_seen))
         cell = _progress_cell(out_dir)
         if now - start > limit:
             busy = now - idle_since < min(hang_after_s, 30.0)
@@ -241,16 +247,39 @@ def _attempt(request: dict, limit: float, hang_after_s: float) -> tuple[str, str
     return result["status"], result.get("error", ""), seconds
 
 
-def _tree_cpu_advanced(proc, seen: dict[int, float], threshold: float) -> bool:
-    """Whether ``proc`` and its descendants used more than ``threshold`` CPU seconds since the last
-    call (``seen`` keeps each process's last reading)."""
+class IdleClock:
+    """When a watched process tree last showed signs of work: ``update(now, cpu_s)`` takes the CPU
+    seconds the tree used since the previous update and returns the time since which it has used
+    no more than ``threshold_s`` in total.
+
+    CPU use is summed over the polls since the tree was last busy, not judged poll by poll: a
+    kernel that computes through a long cell on a contended machine may get a few hundredths of a
+    CPU second per half-second poll, and it is still working. (Judged per poll, the threshold of a
+    180 s hang limit, 1.8 s, can never be reached in a 0.5 s poll on 2 cores, so every notebook
+    that ran longer than 180 s was taken for hung.)"""
+
+    def __init__(self, threshold_s: float, start: float):
+        self.threshold_s = threshold_s
+        self.idle_since = start
+        self._pending = 0.0
+
+    def update(self, now: float, cpu_s: float) -> float:
+        self._pending += max(0.0, cpu_s)
+        if self._pending > self.threshold_s:
+            self.idle_since, self._pending = now, 0.0
+        return self.idle_since
+
+
+def _tree_cpu_used(proc, seen: dict[int, float]) -> float:
+    """CPU seconds ``proc`` and its descendants used since the last call (``seen`` keeps each
+    process's last reading; a process seen for the first time counts with all it used)."""
     import psutil
 
     advanced = 0.0
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.Error:
-        return False
+        return 0.0
     for p in procs:
         try:
             times = p.cpu_times()
@@ -260,7 +289,7 @@ def _tree_cpu_advanced(proc, seen: dict[int, float], threshold: float) -> bool:
         before = seen.get(p.pid)
         advanced += used - before if before is not None else used
         seen[p.pid] = used
-    return advanced > threshold
+    return advanced
 
 
 def _kill_tree(proc) -> None:
@@ -382,26 +411,47 @@ def run_course(
     echo=print,
     limit_factor: float = LIMIT_FACTOR,
     hang_after_s: float = HANG_AFTER_S,
+    jobs: int = 1,
 ) -> list[NotebookResult]:
-    """Execute the notebooks in order, echo progress and failures, write ``summary.json``."""
+    """Execute the notebooks, echo progress and failures, write ``summary.json``; results in
+    notebook order.
+
+    ``jobs`` notebooks run at a time, each kernel with ``cpu_count // jobs`` threads: the notebooks
+    are independent (each writes only its own output folder), and much of a notebook's time is
+    single-threaded (kernel start, imports, plotting), so two at a time on two cores finish sooner
+    than one at a time with two threads. With ``fail_fast``, no notebook starts after a failure.
+    """
     out_root = Path(out).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     books = discover(Path(notebook_dir), only)
     if not books:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebook_dir}")
-    results = []
-    for book in books:
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    jobs = min(jobs, len(books))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    failed = threading.Event()
+
+    def run(book: Path) -> NotebookResult | None:
+        if failed.is_set():
+            return None
         echo(f"[course] {book.name} ({'quick' if quick else 'full'}) ...")
         limit = limit_factor * notebook_budget(book, quick)
         result = run_notebook(book, out_root, quick, seed, device, Path(data_dir), cell_timeout,
-                              limit_s=limit, hang_after_s=hang_after_s, echo=echo)
-        results.append(result)
+                              limit_s=limit, hang_after_s=hang_after_s, echo=echo, threads=threads)
         late = f" (budget {result.budget_s:.0f} s: OVER)" if result.over_budget else ""
         echo(f"[course] {book.name}: {result.status} in {result.seconds:.1f} s{late}")
         if result.error:
             echo(result.error)
         if result.status != "ok" and fail_fast:
-            break
+            failed.set()
+        return result
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = [r for r in pool.map(run, books) if r is not None]
+    echo(f"[course] {len(results)} notebook(s) in {time.perf_counter() - started:.1f} s wall clock, "
+         f"{jobs} at a time")
     (out_root / "summary.json").write_text(
         json.dumps([{**r.__dict__, "over_budget": r.over_budget} for r in results], indent=2, default=str)
     )

@@ -140,3 +140,40 @@ def test_the_summary_marks_notebooks_over_their_budget(tmp_path):
     table = summary_table(results)
     assert "3 OVER" in table and "100 OVER" not in table and "1 over" in table
     assert any("OVER" in m and "01_slow" in m for m in messages)
+
+
+def test_idle_clock_sums_cpu_over_polls():
+    """A kernel that gets only a little CPU per poll (a contended machine) is working, not hung:
+    with a 180 s hang limit the threshold is 1.8 CPU seconds, which no single 0.5 s poll on 2 cores
+    can show; summed over polls it is reached. A kernel that uses (almost) nothing is idle."""
+    from mtilib.course import IdleClock
+
+    slow = IdleClock(threshold_s=1.8, start=0.0)
+    for k in range(1, 1201):  # 600 s of polls, 0.1 CPU second each (a fifth of one core)
+        idle_since = slow.update(k * 0.5, 0.1)
+    assert 600.0 - idle_since < 10.0
+
+    stalled = IdleClock(threshold_s=1.8, start=0.0)
+    for k in range(1, 1201):  # 0.001 CPU second per poll: 0.6 s in 10 minutes
+        idle_since = stalled.update(k * 0.5, 0.001)
+    assert idle_since == 0.0
+
+
+def test_two_notebooks_at_a_time_share_the_cores_and_keep_their_order(tmp_path):
+    """``jobs=2``: the notebooks overlap in time, each kernel gets half the cores as threads, and the
+    results come back in notebook order."""
+    import os
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    body = ("import os, time\nfrom mtilib.course import write_metrics\nstart = time.time()\n"
+            "time.sleep({sleep})\n"
+            "write_metrics(OUT_DIR, start=start, end=time.time(), threads=os.environ.get('OMP_NUM_THREADS'))")
+    _write(books / "01_slow.ipynb", [_params_cell(), new_code_cell(body.format(sleep=6))])
+    _write(books / "02_fast.ipynb", [_params_cell(), new_code_cell(body.format(sleep=0))])
+    results = run_course(quick=True, out=tmp_path / "out", notebook_dir=books, echo=lambda *a: None, jobs=2)
+    slow, fast = results
+    assert [r.notebook for r in results] == ["01_slow.ipynb", "02_fast.ipynb"]
+    assert slow.status == fast.status == "ok"
+    assert fast.metrics["start"] < slow.metrics["end"], "the second notebook waited for the first"
+    assert slow.metrics["threads"] == fast.metrics["threads"] == str(max(1, (os.cpu_count() or 1) // 2))
