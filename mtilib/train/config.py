@@ -42,7 +42,8 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay (per step); a separate Adam for the discriminator.
     ``batch_size`` is global: under DDP each process takes ``batch_size / world_size``.
-    ``patience``: early stopping on the validation score (0: off)."""
+    ``patience``: early stopping on the validation score (0: off). ``ema_decay``: validate and
+    save an exponential moving average of the weights (0: off; :mod:`mtilib.train.ema`)."""
 
     epochs: int = 30
     batch_size: int = 16
@@ -56,6 +57,9 @@ class OptimConfig:
     # early stopping: end the run once the validation score has not improved for this many
     # epochs (0: off; needs validation cases). The schedule still follows ``epochs``.
     patience: int = 0
+    # exponential moving average of the weights, used for validation and the checkpoints
+    # (0: off; see train.ema)
+    ema_decay: float = 0.0
 
 
 @dataclass

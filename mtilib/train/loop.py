@@ -40,6 +40,7 @@ from mtilib.runtime import (
 )
 from mtilib.train.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
 from mtilib.train.config import TrainConfig
+from mtilib.train.ema import WeightAverage
 from mtilib.train.fastpath import choose_fast_paths
 from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term
 from mtilib.train.inference import evaluate_cases, validation_score
@@ -191,12 +192,14 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas), **kernel)
         if disc is not None else None
     )
+    # the averaged weights are what validation scores and the checkpoints keep as "model"
+    ema = WeightAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     class_weights = class_weight_tensor(train_volumes, cfg.model.num_classes).to(device) \
         if cfg.data.class_weights else None
 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    trainables = Trainables(model, disc, optimizer, d_optimizer, scheduler)
+    trainables = Trainables(model, disc, optimizer, d_optimizer, scheduler, ema)
     if resume and last_path.exists():
         start_epoch, best_score, best_epoch, history = trainables.restore(last_path, cfg, rank, world, device, say)
         say(f"[train] resumed from {last_path} after epoch {start_epoch}/{cfg.optim.epochs}")
@@ -204,6 +207,8 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         say(f"[train] no {last_path} yet: starting from scratch")
     if cfg.init_checkpoint and start_epoch == 0:
         _init_from(cfg, model, disc)
+        if ema is not None:  # the average starts from the loaded weights, not the random ones
+            ema.module.load_state_dict(model.state_dict())
         say(f"[train] starting from the weights of {cfg.init_checkpoint}")
 
     g_model, g_disc = model, disc
@@ -281,6 +286,8 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
 
             # discriminator step: real (true e, smoothed one-hot) vs fake (ê, softmax), on lesion slices
             if disc is not None:
@@ -303,7 +310,8 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         record.update({f"loss_{k}": float(v) / max(n_batches, 1) for k, v in sums.items()})
         if is_main and val_volumes:
             t_val = time.perf_counter()
-            metrics, _ = evaluate_cases(model, val_volumes, cfg.data.image_size, device, precision,
+            scored = model if ema is None else ema.module
+            metrics, _ = evaluate_cases(scored, val_volumes, cfg.data.image_size, device, precision,
                                         channels_last=channels_last)
             last_summary = metrics.summary()
             headline = headline_metrics(last_summary)
@@ -349,13 +357,19 @@ class Trainables:
     optimizer: torch.optim.Optimizer
     d_optimizer: torch.optim.Optimizer | None
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: WeightAverage | None = None
 
     def state(self, cfg: TrainConfig, epoch: int, best_score: float, best_epoch: int, history: list[dict],
               rng_states: dict, val_summary: dict) -> dict:
-        """The checkpoint of ``epoch`` (0-based): tensors and plain values only (``weights_only``)."""
+        """The checkpoint of ``epoch`` (0-based): tensors and plain values only (``weights_only``).
+        With weight averaging, ``model`` holds the averaged weights (what inference loads) and
+        ``train_model`` the raw ones the optimiser steps (what a resume continues from)."""
+        averaging = {} if self.ema is None else {
+            "train_model": self.model.state_dict(), "ema_updates": self.ema.updates}
         return {
             "config": cfg.to_dict(),
-            "model": self.model.state_dict(),
+            "model": (self.model if self.ema is None else self.ema.module).state_dict(),
+            **averaging,
             "discriminator": self.disc.state_dict() if self.disc is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
@@ -378,7 +392,17 @@ class Trainables:
         saved_cfg = TrainConfig.from_dict(state["config"])
         if saved_cfg.model.to_dict() != cfg.model.to_dict():
             raise ValueError(f"{path}: was trained with another model config; cannot resume")
-        load_state_dict_checked(self.model, state["model"], path, "network")
+        if self.ema is not None:
+            if "train_model" not in state:
+                raise ValueError(f"{path}: was trained without weight averaging (optim.ema_decay); "
+                                 f"cannot resume with it")
+            load_state_dict_checked(self.model, state["train_model"], path, "network")
+            self.ema.load_state_dict({"updates": state["ema_updates"], "module": state["model"]})
+        else:
+            if "train_model" in state:
+                raise ValueError(f"{path}: was trained with weight averaging (optim.ema_decay); "
+                                 f"cannot resume without it")
+            load_state_dict_checked(self.model, state["model"], path, "network")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.disc is not None:

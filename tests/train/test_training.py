@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mtilib.course import DEFAULT_DATA
 from mtilib.train import TrainConfig
@@ -139,3 +140,34 @@ def test_resume_refuses_another_model(tmp_path):
     with pytest.raises(ValueError, match="another model config"):
         train(other, DEFAULT_DATA, tmp_path, resume=True, log=lambda *a: None)
     assert Path(tmp_path / "best.pt").exists()
+
+
+def test_weight_averaging_checkpoints_and_exact_resume(tmp_path):
+    """With ``optim.ema_decay``: ``model`` in a checkpoint is the average (what inference loads),
+    ``train_model`` the raw weights; a run stopped after one epoch and resumed ends with the same
+    two sets of weights as an uninterrupted one."""
+    from mtilib.train import load_checkpoint, load_model, train
+
+    cfg = tiny_config(epochs=2)
+    cfg.optim.ema_decay = 0.95
+    quiet = {"log": lambda *a, **k: None, "progress": False}
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(cfg, DEFAULT_DATA, whole, **quiet)
+    train(cfg, DEFAULT_DATA, split, stop_after_epochs=1, **quiet)
+    train(cfg, DEFAULT_DATA, split, resume=True, **quiet)
+
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(split / "last.pt")
+    assert a["ema_updates"] == b["ema_updates"] > 0
+    for key in ("model", "train_model"):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name}")
+    differs = [n for n, t in a["model"].items() if t.is_floating_point() and not torch.equal(t, a["train_model"][n])]
+    assert differs, "the averaged weights equal the raw ones: nothing was averaged"
+
+    model, _, _ = load_model(whole / "last.pt")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, a["model"][name], rtol=0, atol=0)
+
+    plain = tiny_config(epochs=3)
+    with pytest.raises(ValueError, match="with weight averaging"):
+        train(plain, DEFAULT_DATA, split, resume=True, **quiet)
