@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "from mtilib.course import ensure_kernel; ensure_kernel()"
 	touch $@
 
-## Execute every notebook (full mode) and print the summary table. COURSE_ARGS="--quick --only 03"
+## Execute every notebook (full mode) and print the summary table. COURSE_ARGS="--quick --only 04"
 course: setup
 	$(BIN)/mtilib course $(COURSE_ARGS)
 

@@ -158,7 +158,7 @@ def check_test_counts(test_counts, records: list[dict]) -> str:
     return f"Correct: {test_counts}"
 
 
-# --- 01 DCE-MRI and NIfTI ---------------------------------------------------------------------------
+# --- 01 DCE-MRI physics ------------------------------------------------------------------------------
 
 def full_width_half_max(t, y) -> float:
     """Span of the samples ``t`` where ``y`` is at least half its peak (same unit as ``t``)."""
@@ -181,6 +181,8 @@ def check_first_pass_fwhm(first_pass_fwhm_s, t_s, cp_art) -> str:
                           "on both sides of the peak")
     raise WrongAnswer("measure on the grid `t`: the span of the times where `cp_art` is at least half its peak")
 
+
+# --- 02 NIfTI, viewer and curves ---------------------------------------------------------------------
 
 def check_voxel_to_world(centroid_world, origin_voxel, affine, lesion_ijk) -> str:
     from nibabel.affines import apply_affine
@@ -222,7 +224,7 @@ def check_relative_enhancement(my_re, closer_to, case) -> str:
             f"| measured {np.round(case.record['enhancement_measured'], 3)}")
 
 
-# --- 02 phantom and dataset -----------------------------------------------------------------------------
+# --- 03 phantom and dataset -----------------------------------------------------------------------------
 
 def check_sample_count(count_samples, volumes, seed: int = 0) -> str:
     """``count_samples(volumes, negative_ratio) -> int``, checked against ``SliceDataset`` at three ratios."""
@@ -285,7 +287,7 @@ def check_label_volume(label_volume_ml, case) -> str:
     raise WrongAnswer("count the lesion voxels (label 2) and multiply by the voxel volume from `.spacing`")
 
 
-# --- 03 MdIEF spectra -------------------------------------------------------------------------------
+# --- 04 MdIEF spectra -------------------------------------------------------------------------------
 
 def check_highpass(highpass_numpy, image, sigmas, seed: int = 0) -> str:
     import torch
@@ -363,7 +365,7 @@ def check_branch_prediction(prediction, toys: dict, device="cpu") -> str:
     return "Correct:\n" + pd.DataFrame(table).T.round(3).to_string()
 
 
-# --- 04 segmentation -------------------------------------------------------------------------------
+# --- 05 segmentation -------------------------------------------------------------------------------
 
 def check_dice_by_hand(my_dice, pred, true) -> str:
     from mtilib.metrics import dice
@@ -421,7 +423,7 @@ def check_dropped_or_counted(dropped, counted, dice_with_nan, dice_counted) -> s
             "of mean Dice, and NaN-skipping hides it.")
 
 
-# --- 05 enhancement and TIM -------------------------------------------------------------------------
+# --- 06 enhancement and TIM -------------------------------------------------------------------------
 
 def check_mask_pool(pooled_by_hand, feats, mask) -> str:
     import torch
@@ -478,7 +480,7 @@ def check_mask_confidence(first_changes, second_changes, images, true_lesion, en
             f"{float(f_half):.5f}, second {float(s_half):.2e}")
 
 
-# --- 06 classification ------------------------------------------------------------------------------
+# --- 07 classification ------------------------------------------------------------------------------
 
 def check_class_weights(inverse_frequency_weights, num_classes: int) -> str:
     """``inverse_frequency_weights(counts) -> (C,) array`` against the training loop's weights on
@@ -581,7 +583,7 @@ def check_macro_f1(macro_f1_by_hand, confusion) -> str:
     raise WrongAnswer("per class: precision = TP / predicted as it, recall = TP / truly it, F1 = 2PR / (P + R)")
 
 
-# --- 07 phase Transformer ----------------------------------------------------------------------------
+# --- 08 phase Transformer ----------------------------------------------------------------------------
 
 def check_time_encoding(time_features, code_by_hand, encoding, periods_s, device="cpu") -> str:
     import torch
@@ -639,7 +641,7 @@ def check_order_prediction(prediction, mixer, model, feats, times, images) -> st
     return "Correct. Largest differences:\n" + pd.Series(differences).map("{:.1e}".format).to_string()
 
 
-# --- 08 adversarial training ---------------------------------------------------------------------------
+# --- 09 adversarial training ---------------------------------------------------------------------------
 
 def check_lsgan_losses(d_loss_equilibrium, g_loss_equilibrium, d_loss_d_wins, g_loss_d_wins) -> str:
     import torch
@@ -682,7 +684,7 @@ def check_adversarial_schedule(my_adversarial_weight, cfg) -> str:
     return "Correct: identical to mtilib.train.gan.adversarial_weight"
 
 
-# --- 09 full MTI-Net -------------------------------------------------------------------------------------
+# --- 10 full MTI-Net -------------------------------------------------------------------------------------
 
 def check_validation_score(my_validation_score, headline: dict) -> str:
     """``my_validation_score(headline) -> float`` against the loop's score on the checkpoint's
@@ -725,7 +727,7 @@ def check_tim_parameters(tim_parameters, base_config) -> str:
     raise WrongAnswer("count every parameter of both networks (p.numel() over model.parameters()) and subtract")
 
 
-# --- 10 your own data --------------------------------------------------------------------------------
+# --- 11 your own data --------------------------------------------------------------------------------
 
 _PHASE_SUFFIXES = ("pre", "art", "pv", "delay")
 

@@ -704,7 +704,7 @@ def run_results(out: str | Path = "docs/results.md", preset_name: str = "results
                 networks=None, work: str | Path = "build/results", log=print,
                 preset: ResultsPreset | None = None, jobs: int = 1) -> list[dict]:
     """Build the whole table (skipping runs already cached in ``work``) and write ``out`` plus a
-    JSON twin (``out`` with ``.json``) that notebook 09 reads. ``preset`` overrides the named one
+    JSON twin (``out`` with ``.json``) that notebook 10 reads. ``preset`` overrides the named one
     (tests use a tiny experiment); ``jobs``: runs trained at once (see :func:`_run_parallel`)."""
     preset = preset or ResultsPreset.named(preset_name)
     # arguments are checked before minutes of data generation, not after

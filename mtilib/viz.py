@@ -39,8 +39,8 @@ def draw_phase_slice(images: np.ndarray, labels: np.ndarray | None, phase: int, 
 
     ``images (P, H, W, S)``, ``labels (H, W, S)`` or None. The slice is drawn transposed with
     ``origin="lower"``: the first array axis (i) runs left to right and the second (j) upwards, as
-    the axes of a plot, the way notebooks 01 and 03 describe it (so a Haar band named for rows
-    shows edges of the other orientation on screen). The ipywidgets viewer of notebook 01 calls this
+    the axes of a plot, the way notebooks 02 and 04 describe it (so a Haar band named for rows
+    shows edges of the other orientation on screen). The ipywidgets viewer of notebook 02 calls this
     on every slider move.
     """
     fig, ax = _ax(ax)
@@ -324,7 +324,7 @@ def show_phase_grid(images, labels, slice_indices, row_titles, phases=(1, 2, 3),
 
 
 # --------------------------------------------------------------------------------------------
-# Spectra, wavelet bands and MdIEF branch weights (course notebook 03)
+# Spectra, wavelet bands and MdIEF branch weights (course notebook 04)
 # --------------------------------------------------------------------------------------------
 
 BRANCH_NAMES = BRANCHES  # MdIEF's branches, in the order of its weights
@@ -518,7 +518,7 @@ def plot_temperature_sweep(temperatures, mean_weights, current: float | None = N
     return _labelled(fig, ax, "temperature τ", "mean branch weight", "softmax(−H/τ): τ sharpens or flattens the choice")
 
 
-# --- notebooks 04-06: segmentation overlays, slice votes, enhancement scatter, curve panels -------------
+# --- notebooks 05-07: segmentation overlays, slice votes, enhancement scatter, curve panels -------------
 
 
 def _crop_box(shape, masks, size: int) -> tuple[slice, slice]:
@@ -691,7 +691,7 @@ def plot_curve_panels(x, panels: dict, xlabel: str, suptitle: str | None = None,
 
 
 # --------------------------------------------------------------------------------------------
-# The phase Transformer and the adversarial game (course notebooks 07 and 08)
+# The phase Transformer and the adversarial game (course notebooks 08 and 09)
 # --------------------------------------------------------------------------------------------
 
 def plot_time_encoding(times_s, features, codes=None, phase_times_s=None, phase_names=PHASES):
@@ -1021,7 +1021,7 @@ def plot_time_to_accuracy(history, targets: dict, path: str | Path | None = None
     return fig
 
 
-# --- the MTI-Net block diagram (notebooks 00 and 03-09) --------------------------------------------------
+# --- the MTI-Net block diagram (notebooks 00 and 04-10) --------------------------------------------------
 
 #: The blocks of the diagram: name -> (x, y, width, height, label), in the diagram's own units.
 MTINET_BLOCKS: dict[str, tuple[float, float, float, float, str]] = {
@@ -1052,8 +1052,8 @@ MTINET_ARROWS = (
 
 #: What each course notebook highlights in the diagram.
 NOTEBOOK_PARTS: dict[str, tuple[str, ...]] = {
-    "03": ("mdief",), "04": ("encoder", "decoder", "mask"), "05": ("tim", "heads"), "06": ("heads",),
-    "07": ("transformer",), "08": ("tdd",), "09": tuple(MTINET_BLOCKS),
+    "04": ("mdief",), "05": ("encoder", "decoder", "mask"), "06": ("tim", "heads"), "07": ("heads",),
+    "08": ("transformer",), "09": ("tdd",), "10": tuple(MTINET_BLOCKS),
 }
 
 
@@ -1070,7 +1070,7 @@ def draw_mtinet(highlight=None, ax=None, title: str | None = None):
     """MTI-Net's block diagram: phases → shared encoder → MdIEF on the skips and the phase
     Transformer at the bottleneck → decoder → lesion mask and the preliminary mask s0 → TIM ↔ heads
     → TDD. ``highlight``: a block name of :data:`MTINET_BLOCKS`, a tuple of them, or a notebook
-    number of :data:`NOTEBOOK_PARTS` (``"05"``); those blocks are coloured, the others grey.
+    number of :data:`NOTEBOOK_PARTS` (``"06"``); those blocks are coloured, the others grey.
     Returns the figure."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -1214,7 +1214,7 @@ def draw_temperature_weights(entropies: dict, tau: float):
 
 def draw_highpass_frame(image, sigma: float):
     """A 2D image, its Gaussian high-pass at ``sigma`` (cycles/pixel) and the share of the image's
-    energy the high-pass keeps: the frame of the σ explorer of notebook 03."""
+    energy the high-pass keeps: the frame of the σ explorer of notebook 04."""
     import torch
 
     from mtilib.models.blocks import gaussian_highpass
@@ -1262,7 +1262,7 @@ def plot_dice_vs_size(table, size: str = "lesion_diameter_mm", metric: str = "di
 
 def plot_conditions(frame, lower_is_better=("enhancement MAE",)):
     """A table of conditions (rows) × metrics (columns) as bars, one panel per metric (the arrow in
-    the title says which way is better): the protocol comparison of notebook 07."""
+    the title says which way is better): the protocol comparison of notebook 08."""
     import pandas as pd
 
     frame = pd.DataFrame(frame)

@@ -34,6 +34,16 @@ def _ipywidgets():
     return ipywidgets
 
 
+def _static(fig):
+    """The static frame an explorer returns without widgets: closed, so that a notebook shows it
+    once, as the cell's result (an open figure would also be drawn by the inline backend when the
+    cell ends: the same frame twice)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
 def _as_cases(cases) -> dict:
     """``{case id: (images, labels, class name or "")}`` from a dict of cases or a list of case
     objects (``CaseData``/``CaseVolume``: ``.images``, ``.labels`` and a case id)."""
@@ -82,8 +92,8 @@ def slice_viewer(cases, predictions: dict | None = None, times_s=None, phase: in
     start = viewer_state(items, first)
     if widgets is None:
         images, labels, name = items[first]
-        return draw_viewer_frame(images, labels, phase, start["value"], predictions.get(first), times_s,
-                                 vmax=vmax[first], title=f"{first} {name}".strip())
+        return _static(draw_viewer_frame(images, labels, phase, start["value"], predictions.get(first), times_s,
+                                         vmax=vmax[first], title=f"{first} {name}".strip()))
     import matplotlib.pyplot as plt
 
     case_w = widgets.Dropdown(options=[(f"{cid} · {v[2]}" if v[2] else cid, cid) for cid, v in items.items()],
@@ -121,7 +131,7 @@ def tofts_explorer(t_s, cp_art, cp_pv, start: dict, phase_times_s=None, referenc
     reference = dict(start) if reference is None else reference
     widgets = _ipywidgets()
     if widgets is None:
-        return draw_tofts_curve(t_s, cp_art, cp_pv, dict(start), reference, phase_times_s)
+        return _static(draw_tofts_curve(t_s, cp_art, cp_pv, dict(start), reference, phase_times_s))
     import matplotlib.pyplot as plt
 
     sliders = {name: widgets.FloatSlider(value=float(start[name]), min=low, max=high, step=step,
@@ -140,7 +150,7 @@ def highpass_explorer(image, sigma: float = 0.1, sigmas=(0.02, 0.4, 0.01)):
     """A σ slider (cycles/pixel: ``(min, max, step)``) over the Gaussian high-pass of ``image``."""
     widgets = _ipywidgets()
     if widgets is None:
-        return draw_highpass_frame(image, sigma)
+        return _static(draw_highpass_frame(image, sigma))
     import matplotlib.pyplot as plt
 
     low, high, step = sigmas
@@ -158,7 +168,7 @@ def temperature_explorer(entropies: dict, tau: float = 0.1):
     """A τ slider (log scale, 0.001 to 10) over MdIEF's weights for the entropies ``{branch: H}``."""
     widgets = _ipywidgets()
     if widgets is None:
-        return draw_temperature_weights(entropies, tau)
+        return _static(draw_temperature_weights(entropies, tau))
     import matplotlib.pyplot as plt
 
     slider = widgets.FloatLogSlider(value=tau, base=10, min=-3, max=1, step=0.1, description="τ",

@@ -516,7 +516,7 @@ def test_report_commands_refuse_to_replace_an_earlier_report(command, tmp_path):
     report.write_text("an earlier table")
     assert_one_line_error(run(command, "--out", report), REFUSED, report.name, "--force", command=command)
     assert report.read_text() == "an earlier table"
-    if command == "results":  # the JSON twin that notebook 09 reads counts as the same report
+    if command == "results":  # the JSON twin that notebook 10 reads counts as the same report
         report.unlink()
         twin = tmp_path / "report.json"
         twin.write_text("{}")

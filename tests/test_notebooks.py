@@ -19,7 +19,7 @@ from mtilib.student import REHEARSAL_RECORD, exercises, rehearsal_notebook
 # notebook number -> {metric: (low, high)} or {metric: exact value}; every notebook must appear here
 EXPECTED: dict[str, dict] = {
     "00": {"n_cases": (35, 200), "n_classes_in_samples": 7, "hcc_brightest_phase": "arterial"},
-    "03": {
+    "04": {
         # the Gaussian high-pass keeps a small share of a phase image's energy, more on the lesion rim
         "highpass_energy_fraction_sigma_0_1": (0.003, 0.08), "highpass_energy_decreases_with_sigma": True,
         "lesion_highpass_enrichment": (2.0, 100.0),
@@ -45,6 +45,8 @@ EXPECTED: dict[str, dict] = {
         "pv_peak_lag_s": (5, 30),  # the portal input peaks later
         # SPGR: saturating, and a long native T1 gives a much larger relative enhancement
         "spgr_re_liver_1mM": (0.8, 1.4), "spgr_re_cyst_1mM": (4, 9), "spgr_linearity": (0.5, 0.9),
+    },
+    "02": {
         "fov_x_mm": (358, 359), "fov_z_mm": (119, 121), "axcodes": "RAS",
         "n_cases_curves": (35, 200), "n_classes_curves": 7,
         "hcc_washout": (0.4, 2.0), "hcc_delayed_lesion_to_liver": (0.5, 0.99),  # HCC washes out
@@ -52,7 +54,7 @@ EXPECTED: dict[str, dict] = {
         "hemangioma_fill": (0.8, 3.5),  # progressive fill-in: delayed RE far above arterial
         "cyst_re_label": (0.1, 0.6), "cyst_re_core": (-0.1, 0.1),  # partial volume fakes cyst enhancement
     },
-    "02": {
+    "03": {
         "same_seed_identical": True,
         "re_error_ideal": (0, 1e-6), "re_error_partial_volume": (0.02, 0.5),  # PV biases masked RE
         "bias_re_change": (0, 0.01),  # a bias field cancels in S_p / S_pre
@@ -64,7 +66,7 @@ EXPECTED: dict[str, dict] = {
         "loader_batches": (1, 1000), "stitch_dice": (0.4, 1.0),
         "weighted_class": "HCC", "plain_mean_class": "cyst",  # area weighting outvotes partial-volume tips
     },
-    "04": {
+    "05": {
         # the shared encoder keeps the phases apart (folded into the batch); the traced path is the network
         "fold_max_diff": (0.0, 1e-5), "trace_max_diff": (0.0, 1e-5), "s0_vs_final_dice": (0.7, 1.0),
         # the lesion is rare; CE pushes every pixel alike, soft Dice pushes a lesion pixel far harder
@@ -86,7 +88,7 @@ EXPECTED: dict[str, dict] = {
         # early-fusion U-Net: same decoder, one encoder pass instead of one per phase
         "encoder_mac_ratio": (3.5, 4.1), "param_ratio_mtinet_unet": (1.5, 3.0), "mac_ratio_mtinet_unet": (2.0, 3.5),
     },
-    "05": {
+    "06": {
         # one function, three routes: numpy and torch agree; the label route is biased by partial volume
         "route_numpy_torch_max_diff": (0.0, 1e-5), "label_route_mae": (0.05, 0.5),
         "cyst_label_route_enhancement": (0.1, 0.6), "mask_gradient_nonzero": True,
@@ -107,7 +109,7 @@ EXPECTED: dict[str, dict] = {
         "cyst_predicted_enhancement": (-0.15, 0.15), "hcc_predicted_washout": (0.3, 3.0),
         "hemangioma_predicted_fill_in": (1.0, 5.0),
     },
-    "06": {
+    "07": {
         "head_inputs": 259, "importance_descriptors": (0.3, 1.0),  # the lesion's descriptors carry the class
         # what the text says of the class mean curves: abscess and metastasis closest, ICC rising into
         # the venous phase and holding, the cyst flat
@@ -130,7 +132,7 @@ EXPECTED: dict[str, dict] = {
         # tops them depends on the checkpoint, so the notebook asks, it does not assert
         "slice_hard_confusions": (0, 3), "top_confused_pair_soft": (0.0, 0.2),
     },
-    "07": {
+    "08": {
         # the diagnosis is the curve: 1-NN on the whole enhancement curve beats any single phase
         "curve_accuracy": (0.7, 1.0), "best_single_phase_accuracy": (0.3, 0.7), "curve_beats_single_phase": True,
         "tokens_per_slice": 16, "token_channels": 128,  # 4×4 bottleneck positions of 8w = 128 channels
@@ -156,7 +158,7 @@ EXPECTED: dict[str, dict] = {
         "default_times_change_enhancement": (0.0, 0.01), "swapped_times_change_enhancement": (0.0, 0.01),
         "swapped_times_change_probs": (0.0, 0.01),
     },
-    "08": {
+    "09": {
         "n_tokens": 6, "token_dim": 64,  # [CLS], arterial, venous, delayed, class, context
         # least squares at equilibrium (exercise 1; the exercises' own checks are in mtilib.checks)
         "d_loss_equilibrium": (0.2499, 0.2501), "g_loss_equilibrium": (0.1249, 0.1251),
@@ -180,7 +182,7 @@ EXPECTED: dict[str, dict] = {
         "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.02),
         "curve_gap_exceeds_class_gap": True, "cls_attention_sum": (0.9999, 1.0001),
     },
-    "09": {
+    "10": {
         # the loop of mtilib.train: the loss falls over the QUICK epochs, and a resumed run is bit-identical
         "epochs": (1, 100), "loss_first": (0.5, 20.0), "loss_last": (0.1, 20.0), "resume_identical": True,
         # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.896, MAE 0.108, accuracy 1.0)
@@ -195,7 +197,7 @@ EXPECTED: dict[str, dict] = {
         "results_mtinet_dice": (0.5, 1.0), "results_paired_networks": len(BASELINES) - 1,
         "results_shifts": len(SHIFTS), "results_failed_shown_as_failed": True, "results_minutes": (1.0, 90.0),
     },
-    "10": {
+    "11": {
         # three NIfTI folders in a foreign layout, converted, predicted and exported
         "n_cases": 3, "n_exports": 3, "predict_same_space": True, "broken_label_named": True,
         "dice": (0.4, 1.0), "accuracy": (0.6, 1.0), "enhancement_mae": (0.0, 0.5),

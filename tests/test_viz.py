@@ -214,7 +214,7 @@ def test_mtinet_diagram_highlights_a_notebooks_part():
 
 
 def test_the_diagram_opens_notebook_00_and_each_model_notebook():
-    """The diagram is drawn in 00 and near the top of 03-09, with the notebook's own part."""
+    """The diagram is drawn in 00 and near the top of 04-10, with the notebook's own part."""
     import nbformat
 
     from mtilib.course import NOTEBOOK_DIR

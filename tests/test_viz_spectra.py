@@ -1,4 +1,4 @@
-"""Spectrum helpers and the MdIEF plots of mtilib.viz (course notebook 03): numbers checked against
+"""Spectrum helpers and the MdIEF plots of mtilib.viz (course notebook 04): numbers checked against
 numpy references, figures drawn headless (Agg) with the expected content."""
 
 import matplotlib

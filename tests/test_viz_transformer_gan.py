@@ -1,4 +1,4 @@
-"""Plots of the phase Transformer and the adversarial game (notebooks 07, 08), drawn headless."""
+"""Plots of the phase Transformer and the adversarial game (notebooks 08, 09), drawn headless."""
 
 import matplotlib
 

@@ -110,12 +110,14 @@ def test_slice_viewer_follows_its_controls():
 def test_explorers_fall_back_to_a_static_frame_without_ipywidgets(monkeypatch):
     monkeypatch.setattr(explorers, "_ipywidgets", lambda: None)
     images, labels = _case()
+    plt.close("all")
     fig = explorers.slice_viewer({"a": (images, labels)})
     assert isinstance(fig, plt.Figure) and len(fig.axes) == 2
-    plt.close(fig)
     fig = explorers.temperature_explorer({"spatial": 0.5, "frequency": 0.6, "wavelet": 0.9})
     assert isinstance(fig, plt.Figure)
-    plt.close(fig)
+    # closed: a notebook shows the returned frame once, as the cell's result, and the inline
+    # backend does not draw it a second time when the cell ends
+    assert plt.get_fignums() == []
     with pytest.raises(ValueError, match="no cases"):
         explorers.slice_viewer({})
 

@@ -1,5 +1,5 @@
 """Time-intensity curves measured from a data set on disk: the mean signal per case, region and
-phase (notebook 01). Analysis of data that :mod:`mtilib.data.io` reads, kept out of the I/O module."""
+phase (notebook 02). Analysis of data that :mod:`mtilib.data.io` reads, kept out of the I/O module."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def entropy_weights(entropy: torch.Tensor, temperature: torch.Tensor | float) ->
     """Branch weights from branch entropies: ``softmax_b(−H / τ)`` over dim 1.
 
     ``entropy (B, 3, C) -> weights (B, 3, C)``, summing to 1 over the branches. τ → 0 gives all
-    weight to the lowest-entropy branch, τ → ∞ gives 1/3 each (course notebook 03 sweeps τ).
+    weight to the lowest-entropy branch, τ → ∞ gives 1/3 each (course notebook 04 sweeps τ).
     """
     return torch.softmax(-entropy / temperature, dim=1)
 
@@ -121,7 +121,7 @@ def neutral_projections_(module: MdIEF) -> MdIEF:
 
     Each branch map is then its domain view itself, averaged over phases and channels: the maps
     (spatial), their Gaussian high-pass (frequency), the mean of their Haar details LH, HL, HH
-    brought back to full size (wavelet). Course notebook 03 uses it to show which *domain* a
+    brought back to full size (wavelet). Course notebook 04 uses it to show which *domain* a
     pattern favours before any learning (a real MdIEF learns these projections instead).
     """
     with torch.no_grad():

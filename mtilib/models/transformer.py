@@ -82,7 +82,7 @@ class PhaseTransformer(nn.Module):
         aux = {"phase_pool_weights": pool_weights.reshape(b, h * w, p).float().mean(1)}
         if attention is not None:
             aux["phase_attention"] = attention.reshape(b, h * w, p, p).float().mean(1)
-        # per_phase is returned as a view (MTI-Net discards it; notebook 07 reads it to show the
+        # per_phase is returned as a view (MTI-Net discards it; notebook 08 reads it to show the
         # layer's equivariance); the summary feeds the convolutional decoder, which wants it dense.
         return per_phase, summary.contiguous(), aux
 

@@ -1,4 +1,4 @@
-"""A small adversarial game to watch (course notebook 08): the heads against the TDD, on frozen features.
+"""A small adversarial game to watch (course notebook 09): the heads against the TDD, on frozen features.
 
 Training the whole network for the hundreds of steps a GAN needs to show its dynamics takes hours
 on a CPU. But the adversarial term only reaches the network through the two heads' outputs

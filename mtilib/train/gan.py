@@ -1,7 +1,7 @@
 """The adversarial game between the network (G) and the task-driven discriminator (TDD, D).
 
 One module for what the training loop (:func:`mtilib.train.loop.train`) and the heads-vs-TDD game
-of notebook 08 (:mod:`mtilib.train.adversarial`) share: the λ_adv schedule, the smoothed real labels,
+of notebook 09 (:mod:`mtilib.train.adversarial`) share: the λ_adv schedule, the smoothed real labels,
 instance noise, G's adversarial term and D's update.
 """
 

@@ -30,7 +30,7 @@ class CasePrediction:
     ``slice_lesion_area (S,)`` predicted lesion pixels per slice (after the largest-component
     step: the weights of the per-case aggregation). ``slice_class_probs (S, C)`` and
     ``slice_enhancement (S, P-1)`` are the per-slice outputs before aggregation (None without
-    those tasks), for comparing aggregation rules (notebook 06)."""
+    those tasks), for comparing aggregation rules (notebook 07)."""
 
     case_id: str
     label_map: np.ndarray | None
@@ -130,7 +130,7 @@ def prediction_report(pred: CasePrediction, spacing, num_classes: int, phase_nam
     """A JSON-ready summary of one prediction: lesion found and its volume (ml), class
     probabilities by name and the predicted class, enhancement per post-contrast phase. When the
     network segments and finds no lesion, class and enhancement are ``None`` ("not assessed").
-    ``mtilib predict`` writes it; notebook 10 tabulates it for many cases."""
+    ``mtilib predict`` writes it; notebook 11 tabulates it for many cases."""
     names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [f"class_{i}" for i in range(num_classes)]
     report: dict = {"case": pred.case_id}
     if pred.label_map is not None:
@@ -200,7 +200,7 @@ def lesion_slice_outputs(model: torch.nn.Module, volumes: list[CaseVolume], imag
                          min_lesion_pixels: int = 4) -> dict[str, torch.Tensor]:
     """Run ``model`` on every slice that shows a lesion and gather its outputs, one row per slice.
 
-    For looking inside a trained network (notebooks 07 and 08): what the phase Transformer
+    For looking inside a trained network (notebooks 08 and 09): what the phase Transformer
     attends to, what the heads and the discriminator see. Slices are those
     :class:`~mtilib.data.dataset.SliceDataset` marks ``has_lesion`` (no augmentation, no
     lesion-free slices), resized to ``image_size``. Returns CPU tensors (N = lesion slices):

@@ -1,4 +1,4 @@
-"""Importing a user's own NIfTI files into the package layout (notebook 10's route)."""
+"""Importing a user's own NIfTI files into the package layout (notebook 11's route)."""
 
 import nibabel as nib
 import numpy as np

@@ -1,4 +1,4 @@
-"""The TDD's token sequence and attention (what course notebook 08 opens up)."""
+"""The TDD's token sequence and attention (what course notebook 09 opens up)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""MdIEF with neutral projections shows its three domain views unchanged (course notebook 03)."""
+"""MdIEF with neutral projections shows its three domain views unchanged (course notebook 04)."""
 
 import pytest
 import torch

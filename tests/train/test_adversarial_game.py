@@ -1,4 +1,4 @@
-"""Looking inside a network on lesion slices, and the heads-only adversarial game of notebook 08."""
+"""Looking inside a network on lesion slices, and the heads-only adversarial game of notebook 09."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""predict_case keeps the per-slice class probabilities and enhancement it aggregates (notebook 06
+"""predict_case keeps the per-slice class probabilities and enhancement it aggregates (notebook 07
 compares aggregation rules on them)."""
 
 import numpy as np
