@@ -159,6 +159,32 @@ def _cmd_dataset_check(args) -> int:
     return 0
 
 
+def _cmd_import_lld(args) -> int:
+    from mtilib.data.io import check_dataset, format_summary
+    from mtilib.data.lldmmri import import_lld_mmri
+
+    out = Path(args.out)
+    if (out / "dataset.json").exists() and not args.force:
+        raise RefusedError(f"{out}: holds a data set already; pass --force to replace it, or choose another --out")
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    from mtilib.data.lldmmri import find_annotation, read_annotations
+
+    if not Path(args.src).is_dir():
+        raise UsageError(f"{args.src}: the LLD-MMRI image folder does not exist")
+    read_annotations(args.annotation or find_annotation(Path(args.src)))  # bad input refused before anything is removed
+    if args.force and out.exists():
+        from mtilib.data.io import clear_layout
+
+        clear_layout(out)
+    _, report = import_lld_mmri(args.src, out, annotation=args.annotation, reference=args.reference,
+                                test_fraction=args.test_fraction, seed=args.seed)
+    for line in report.lines():
+        print(line)
+    print(format_summary(check_dataset(out)))
+    return 0
+
+
 def _cmd_train(args) -> int:
     from mtilib.train import TrainConfig, train
 
@@ -248,7 +274,7 @@ def _check_prediction_out(out: Path, images: list[Path], force: bool) -> None:
 def _cmd_predict(args) -> int:
     from mtilib.constants import DEFAULT_PHASE_TIMES_S, LESION
     from mtilib.data.dataset import CaseVolume
-    from mtilib.data.io import load_phase_images, voxel_spacing, write_label_volume
+    from mtilib.data.io import align_phase_files, load_phase_images, reference_index, voxel_spacing, write_label_volume
     from mtilib.runtime import select_device
     from mtilib.train import load_model, predict_case
     from mtilib.train.inference import prediction_report
@@ -256,6 +282,10 @@ def _cmd_predict(args) -> int:
     images_given = [Path(p) for p in args.images]
     out = Path(args.out)
     _check_prediction_out(out, images_given, args.force)
+    if args.reference is not None:
+        if len(images_given) < 2:
+            raise UsageError("--reference resamples separate phase files onto one grid: give one file per phase")
+        reference_index(args.reference, len(images_given))  # a bad name is refused before any work
     device = select_device(args.device)
     model, cfg, _ = load_model(args.ckpt, device)
     phases = cfg.model.phases
@@ -265,7 +295,13 @@ def _cmd_predict(args) -> int:
     times = args.times or list(DEFAULT_PHASE_TIMES_S[:phases])
     if len(times) != phases:
         raise UsageError(f"--times needs {phases} values, got {len(times)}")
-    images, affine = load_phase_images(images_given, expected_phases=phases)
+    grids = None
+    if args.reference is not None:
+        images, affine, grids = align_phase_files(images_given, args.reference)
+        for grid in grids:
+            print(grid.line())
+    else:
+        images, affine = load_phase_images(images_given, expected_phases=phases)
     spacing = voxel_spacing(affine)
     volume = CaseVolume.from_arrays(images_given[0].name.split(".")[0], images, times, spacing)
     fast = _inference_fast_paths(cfg, device)
@@ -278,6 +314,8 @@ def _cmd_predict(args) -> int:
         "inputs": [str(p) for p in args.images],
         "phase_times_s": [float(t) for t in times],
         "checkpoint": str(args.ckpt),
+        **({"reference_grid": images_given[reference_index(args.reference, len(images_given))].name,
+            "resampled": [g.to_dict() for g in grids]} if grids is not None else {}),
         **prediction_report(pred, spacing, cfg.model.num_classes),
     }
     (out / "prediction.json").write_text(json.dumps(report, indent=2))
@@ -393,6 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("root", help="data-set folder (with dataset.json)")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=_cmd_dataset_check)
+
+    p = sub.add_parser("import", help="convert a public data set's layout into this package's layout")
+    isub = p.add_subparsers(dest="import_command", metavar="format")
+    q = isub.add_parser("lld-mmri", help="LLD-MMRI 2023: <patient>/<study>/<series>.nii.gz plus the annotation "
+                                         "JSON -> one case per lesion, phases on one grid, box labels")
+    q.add_argument("src", help="the image folder (<patient>/<study>/<series>.nii.gz)")
+    q.add_argument("--out", required=True, help="the data-set folder to write")
+    q.add_argument("--annotation", help="the annotation JSON (default: the only *.json in SRC or its parent)")
+    q.add_argument("--reference", default="pre", help="phase whose grid the others are resampled onto (default pre)")
+    q.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in the test split")
+    q.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    q.add_argument("--force", action="store_true", help="replace a data set already in --out")
+    q.set_defaults(func=_cmd_import_lld)
     p.set_defaults(func=_usage(p))
 
     p = sub.add_parser("train", help="train a network (MTI-Net or a baseline) on a data set")
@@ -426,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--times", nargs="+", type=float, help="phase times in seconds (default 0 35 70 180)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto")
+    p.add_argument("--reference", metavar="PHASE",
+                   help="phases on different grids: resample them onto this phase's grid (pre, arterial, venous, "
+                        "delayed or an index) through their affines; the prediction is written on that grid")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier prediction in --out, or write among the inputs (never over them)")
     p.set_defaults(func=_cmd_predict)

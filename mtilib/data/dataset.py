@@ -77,7 +77,13 @@ class CaseVolume:
 
     @classmethod
     def from_case_data(cls, case) -> CaseVolume:
-        """From :class:`mtilib.data.io.CaseData` (a case read from disk)."""
+        """From :class:`mtilib.data.io.CaseData` (a case read from disk). A case labelled only by a
+        box is refused: training and evaluation need masks (box-only training is not built yet)."""
+        if case.labels is None:
+            from mtilib.data.io import DatasetError
+
+            raise DatasetError(f"case {case.case_id!r} is labelled by a lesion box, not a mask: training and "
+                               "evaluating on box labels is not supported yet (mtilib predict works on it)")
         return cls.from_arrays(
             case.case_id, case.images, case.phase_times_s, case.spacing, case.labels,
             case.record.get("class"), case.enhancement, case.affine,

@@ -100,11 +100,12 @@ class DatasetIndex:
 
 @dataclass
 class CaseData:
-    """A loaded case: images float32 (P, H, W, S), labels uint8 (H, W, S), affine (4, 4), spacing (3,) mm."""
+    """A loaded case: images float32 (P, H, W, S), labels uint8 (H, W, S) (``None`` for a case
+    labelled by a box: see :attr:`lesion_box`), affine (4, 4), spacing (3,) mm."""
 
     case_id: str
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     affine: np.ndarray
     spacing: np.ndarray
     record: dict
@@ -123,11 +124,39 @@ class CaseData:
         return np.asarray(times, float)
 
     @property
+    def lesion_box(self) -> tuple[slice, slice, slice] | None:
+        """The lesion's box as voxel slices (inclusive ranges of the record), or ``None`` (a mask case)."""
+        box = self.record.get("lesion_box")
+        return None if box is None else tuple(slice(lo, hi + 1) for lo, hi in box)
+
+    @property
     def enhancement(self) -> np.ndarray:
-        """The record's enhancement vector, or (real data without one) measured under the lesion label."""
+        """The record's enhancement vector, or (real data without one) measured under the lesion
+        label, or in the core of the lesion box (:func:`box_core`)."""
         if self.record.get("enhancement") is not None:
             return np.asarray(self.record["enhancement"], float)
+        if self.labels is None:
+            return relative_enhancement(self.images, box_core(self.images.shape[1:], self.record["lesion_box"]),
+                                        phase_axis=0)
         return relative_enhancement(self.images, self.labels == 2, phase_axis=0)
+
+
+def box_core(shape, box, fraction: float = 0.5) -> np.ndarray:
+    """Boolean mask (``shape``) of the core of a lesion box: the ellipse inscribed in the central
+    ``fraction`` of the box in-plane, on every slice of the box. A box bounds a roughly round
+    lesion; its corners are liver, and its rim mixes lesion and liver (partial volume), so the
+    enhancement of a box-labelled lesion is measured in its core. Slices are thick (the lesion's
+    end slices are already partial): all of the box's slices are kept. At least the centre voxel."""
+    mask = np.zeros(tuple(shape), bool)
+    (i0, i1), (j0, j1), (k0, k1) = box
+    ci, cj = (i0 + i1) / 2, (j0 + j1) / 2
+    ri = max(fraction * (i1 - i0 + 1) / 2, 0.5)
+    rj = max(fraction * (j1 - j0 + 1) / 2, 0.5)
+    ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
+    inside = ((ii - ci) / ri) ** 2 + ((jj - cj) / rj) ** 2 <= 1.0
+    mask[i0:i1 + 1, j0:j1 + 1, k0:k1 + 1] = inside[..., None]
+    mask[int(round(ci)), int(round(cj)), k0:k1 + 1] = True
+    return mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +238,10 @@ def _check_finite(data: np.ndarray, name: str) -> None:
                            f"{int(bad.sum()) - n_nan} infinite)")
 
 
+def _on_grid(shape, affine, ref_shape, ref_affine, tol: float = AFFINE_TOL_MM) -> bool:
+    return tuple(shape) == tuple(ref_shape) and float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max()) <= tol
+
+
 def _check_same_grid(shape, affine, ref_shape, ref_affine, name: str, ref_name: str, tol: float) -> None:
     if tuple(shape) != tuple(ref_shape):
         raise DatasetError(f"{name}: shape {tuple(shape)} differs from {ref_name} {tuple(ref_shape)}")
@@ -257,11 +290,12 @@ def write_label_volume(path, labels: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray | None, affine: np.ndarray,
                split: str = "train", dtype: str = "int16") -> list[Path]:
     """Write one case's phase files and label file; returns the paths written.
 
-    ``images``: (P, H, W, S) non-negative intensities; ``labels``: (H, W, S) in {0, 1, 2};
+    ``images``: (P, H, W, S) non-negative intensities; ``labels``: (H, W, S) in {0, 1, 2}, or
+    ``None`` for a case labelled by a box (its record carries ``lesion_box``; no label file);
     ``affine``: NIfTI 4x4 (spacing on its diagonal for axis-aligned data). ``dtype``: "int16"
     (scaled) or "float32".
     """
@@ -271,7 +305,8 @@ def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affin
     if dtype not in INTENSITY_DTYPES:
         raise ValueError(f"dtype must be one of {INTENSITY_DTYPES}, not {dtype!r}")
     images = np.asarray(images, np.float32)
-    labels = np.asarray(labels)
+    boxed = labels is None
+    labels = np.zeros(images.shape[1:], np.uint8) if boxed and images.ndim == 4 else np.asarray(labels)
     if images.ndim != 4 or images.shape[1:] != labels.shape:
         raise ValueError(f"images (P, H, W, S) and labels (H, W, S) do not match: "
                          f"{images.shape} vs {labels.shape}")
@@ -285,9 +320,10 @@ def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray, affin
         path = image_dir / f"{case_id}_{k:04d}{FILE_ENDING}"
         _save(_nifti(phase, affine, np.int16 if dtype == "int16" else np.float32), path)
         paths.append(path)
-    path = label_dir / f"{case_id}{FILE_ENDING}"
-    _save(_nifti(labels.astype(np.uint8), affine, np.uint8), path)
-    paths.append(path)
+    if not boxed:
+        path = label_dir / f"{case_id}{FILE_ENDING}"
+        _save(_nifti(labels.astype(np.uint8), affine, np.uint8), path)
+        paths.append(path)
     return paths
 
 
@@ -390,6 +426,12 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _valid_box(box) -> bool:
+    return (isinstance(box, list) and len(box) == 3
+            and all(isinstance(r, list) and len(r) == 2 and all(_is_int(v) for v in r) and 0 <= r[0] <= r[1]
+                    for r in box))
+
+
 def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], list[dict]]:
     if not isinstance(meta, dict):
         raise DatasetError(f"{where}: the top level must be a JSON object")
@@ -448,6 +490,10 @@ def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], 
         if enh is not None and (not isinstance(enh, list) or len(enh) != n_phases - 1
                                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in enh)):
             raise DatasetError(f"{label}: enhancement must be {n_phases - 1} finite numbers, got {enh!r}")
+        box = rec.get("lesion_box")
+        if box is not None and not _valid_box(box):
+            raise DatasetError(f"{label}: lesion_box must be [[i0, i1], [j0, j1], [k0, k1]], voxel indices with "
+                               f"0 <= lo <= hi, got {box!r}")
         times = rec.get("phase_times_s")
         if times is not None and (not isinstance(times, list) or len(times) != n_phases
                                   or not all(isinstance(v, (int, float)) for v in times)
@@ -488,6 +534,8 @@ def read_dataset(root) -> DatasetIndex:
                 raise DatasetError(f"{_rel(p, root)}: missing phase file (phase {k}, "
                                    f"'{phase_names[k]}') of case {case!r}")
             expected.add(p)
+        if rec.get("lesion_box") is not None:
+            continue  # labelled by a box: no label file
         p = index.label_path(case)
         if not p.is_file():
             raise DatasetError(f"{_rel(p, root)}: missing label file of case {case!r}")
@@ -509,6 +557,14 @@ def load_case(index: DatasetIndex, case_id: str, affine_tol_mm: float = AFFINE_T
     root = index.root
     paths = index.image_paths(case_id)
     images, affine = _load_phases(paths, root, affine_tol_mm)
+    if record.get("lesion_box") is not None:
+        box = record["lesion_box"]
+        outside = [axis for axis, (r, n) in enumerate(zip(box, images.shape[1:])) if r[1] >= n]
+        if outside:
+            raise DatasetError(f"{_rel(paths[0], root)}: lesion_box {box} of case {case_id!r} reaches past the "
+                               f"image (shape {images.shape[1:]}) along axis {outside[0]}")
+        return CaseData(case_id=case_id, images=images, labels=None, affine=affine,
+                        spacing=voxel_spacing(affine), record=record)
     label_path = index.label_path(case_id)
     name = _rel(label_path, root)
     raw, label_affine = _load_nifti(label_path, root, integer=True)
@@ -578,6 +634,46 @@ def load_phase_images(paths, expected_phases: int | None = len(PHASES),
     return images, affine
 
 
+def reference_index(reference, n_phases: int = len(PHASES)) -> int:
+    """A reference phase given by name (``"pre"``, ``"arterial"``, ...) or index -> its index."""
+    if isinstance(reference, str) and not reference.isdigit():
+        if reference not in PHASES[:n_phases]:
+            raise DatasetError(f"reference phase {reference!r}: choose one of {', '.join(PHASES[:n_phases])}")
+        return PHASES.index(reference)
+    k = int(reference)
+    if not 0 <= k < n_phases:
+        raise DatasetError(f"reference phase {k}: out of range for {n_phases} phases")
+    return k
+
+
+def align_phase_files(paths, reference=0, affine_tol_mm: float = AFFINE_TOL_MM,
+                      min_overlap: float | None = None):
+    """Load one 3D file per phase (phase order) and resample every phase onto the grid of the
+    reference phase (index or name; the pre-contrast phase by default) through the affines.
+
+    Returns ``(images float32 (P, X, Y, Z), reference affine, report)``, ``report`` a list of
+    :class:`mtilib.data.resample.PhaseGrid` (what was resampled and by how much). Each file gets the
+    checks of :func:`load_case` except the equal-grid one; a phase whose field of view misses the
+    reference grid is refused, naming the file.
+    """
+    from mtilib.data.resample import MIN_OVERLAP, align_phases
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise DatasetError(f"{paths[0] if paths else 'phases'}: need one 3D file per phase, at least two")
+    volumes = []
+    for path in paths:
+        data, affine = _load_nifti(path)
+        _check_finite(data, str(path))
+        _check_not_constant(data, str(path))
+        volumes.append((data, affine))
+    try:
+        return align_phases(volumes, [str(p) for p in paths], reference_index(reference, len(paths)),
+                            affine_tol_mm, MIN_OVERLAP if min_overlap is None else min_overlap)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
 def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name: str = "my-data",
                        description: str = "") -> DatasetIndex:
     """Convert a user's NIfTI files into the layout of this package (nnU-Net compatible).
@@ -585,9 +681,12 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
     ``cases``: one dict per case with ``case`` (id), ``phases`` (one file per phase, in phase order,
     or one 4D file), ``label`` (label map file: 0 background, 1 liver, 2 lesion, on the same grid),
     ``class`` (name or id), ``split`` ("train"/"test") and optionally ``phase_times_s``
-    (default 0, 35, 70, 180 s). Every file is validated as in :func:`load_case`; the enhancement
+    (default 0, 35, 70, 180 s) and ``reference`` (phases on different grids: resample every phase,
+    and a label map on another grid, onto this phase's grid, by name or index; without it the files
+    must share one grid). Every file is validated as in :func:`load_case`; the enhancement
     target is measured from the images under the lesion label (the real-data route of
-    :func:`relative_enhancement`). Returns the index read back, so a bad conversion fails here.
+    :func:`relative_enhancement`). A case whose phases were resampled keeps the report in its
+    record (``resampled``). Returns the index read back, so a bad conversion fails here.
     """
     from mtilib.constants import class_id as to_class_id
 
@@ -597,9 +696,20 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
         missing = [k for k in ("case", "phases", "label", "class", "split") if k not in spec]
         if missing:
             raise DatasetError(f"case spec {spec.get('case', spec)!r}: missing {', '.join(missing)}")
-        images, affine = load_phase_images(spec["phases"])
+        grids = None
+        if spec.get("reference") is not None:
+            images, affine, grids = align_phase_files(spec["phases"], spec["reference"])
+        else:
+            images, affine = load_phase_images(spec["phases"])
         labels, label_affine = _load_nifti(Path(spec["label"]), None, integer=True)
         label_name = str(spec["label"])
+        if grids is not None and not _on_grid(labels.shape, label_affine, images.shape[1:], affine):
+            from mtilib.data.resample import coverage, resample_volume
+
+            if coverage(labels.shape, label_affine, images.shape[1:], affine) == 0:
+                raise DatasetError(f"{label_name}: does not overlap the reference phase's grid")
+            labels = resample_volume(labels, label_affine, images.shape[1:], affine, order=0)
+            label_affine = affine
         _check_same_grid(labels.shape, label_affine, images.shape[1:], affine, label_name, str(spec["phases"][0]),
                          AFFINE_TOL_MM)
         values = set(np.unique(labels).tolist())
@@ -622,6 +732,7 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
             "lesion_volume_ml": mask_volume_ml(labels == 2, voxel_spacing(affine)),
             "source": [str(p) for p in (spec["phases"] if not isinstance(spec["phases"], (str, Path))
                                         else [spec["phases"]])],
+            **({"resampled": [g.to_dict() for g in grids]} if grids and any(g.resampled for g in grids) else {}),
         }))
     for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -649,14 +760,15 @@ def check_dataset(root, affine_tol_mm: float = AFFINE_TOL_MM) -> dict:
     spacings: dict[str, int] = {}
     enh: dict[str, list[np.ndarray]] = {}
     diameters = []
-    atypical = 0
+    atypical = resampled = boxes = 0
     for case_id in index.cases():
         case = load_case(index, case_id, affine_tol_mm)
-        if not np.any(case.labels == 2):
+        boxes += case.labels is None
+        if case.labels is not None and not np.any(case.labels == 2):
             raise DatasetError(f"{_rel(index.label_path(case_id), index.root)}: no lesion voxels (label 2)")
         cname = index.class_names[case.class_id]
         counts[case.split][cname] = counts[case.split].get(cname, 0) + 1
-        shape = "x".join(str(n) for n in case.labels.shape)
+        shape = "x".join(str(n) for n in case.images.shape[1:])
         shapes[shape] = shapes.get(shape, 0) + 1
         spacing = "x".join(f"{s:.3g}" for s in case.spacing)
         spacings[spacing] = spacings.get(spacing, 0) + 1
@@ -664,6 +776,7 @@ def check_dataset(root, affine_tol_mm: float = AFFINE_TOL_MM) -> dict:
         if case.record.get("lesion_diameter_mm") is not None:
             diameters.append(float(case.record["lesion_diameter_mm"]))
         atypical += bool(case.record.get("atypical", False))
+        resampled += bool(case.record.get("resampled"))
     enh_summary = {}
     for cname in [c for c in index.class_names if c in enh]:
         values = np.stack(enh[cname])
@@ -679,6 +792,8 @@ def check_dataset(root, affine_tol_mm: float = AFFINE_TOL_MM) -> dict:
         "enhancement": enh_summary,
         "lesion_diameter_mm": [min(diameters), max(diameters)] if diameters else None,
         "atypical": atypical,
+        "resampled_cases": resampled,
+        "box_labelled_cases": boxes,
     }
 
 
@@ -700,6 +815,11 @@ def format_summary(summary: dict) -> str:
     if summary.get("lesion_diameter_mm"):
         lo, hi = summary["lesion_diameter_mm"]
         lines.append(f"lesion diameter: {lo:.1f}-{hi:.1f} mm; atypical presentations: {summary['atypical']}")
+    if summary.get("box_labelled_cases"):
+        lines.append(f"labelled by a lesion box (no mask): {summary['box_labelled_cases']} case(s); "
+                     "their enhancement is measured in the box's core")
+    if summary.get("resampled_cases"):
+        lines.append(f"phases resampled onto one grid on import: {summary['resampled_cases']} case(s)")
     post = summary["phases"][1:]
     lines.append("relative enhancement per class, min..max (" + ", ".join(post) + "):")
     for c, e in summary["enhancement"].items():
