@@ -290,6 +290,20 @@ def write_label_volume(path, labels: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
+def combine_masks(liver_path, lesion_path, out_path) -> Path:
+    """Merge a liver mask and a lesion mask (two NIfTI files on one grid; any non-zero voxel counts)
+    into one label map 0 background, 1 liver, 2 lesion (the lesion wins where both are set), written
+    to ``out_path`` with the liver mask's affine. Exports often store the two masks separately;
+    this layout wants one label file. Masks on different grids are refused, naming the files."""
+    liver_path, lesion_path = Path(liver_path), Path(lesion_path)
+    liver, liver_affine = _load_nifti(liver_path, integer=True)
+    lesion, lesion_affine = _load_nifti(lesion_path, integer=True)
+    _check_same_grid(lesion.shape, lesion_affine, liver.shape, liver_affine, str(lesion_path), str(liver_path),
+                     AFFINE_TOL_MM)
+    labels = np.where(np.asarray(lesion) != 0, 2, np.where(np.asarray(liver) != 0, 1, 0)).astype(np.uint8)
+    return write_label_volume(out_path, labels, liver_affine)
+
+
 def write_case(root, case_id: str, images: np.ndarray, labels: np.ndarray | None, affine: np.ndarray,
                split: str = "train", dtype: str = "int16") -> list[Path]:
     """Write one case's phase files and label file; returns the paths written.

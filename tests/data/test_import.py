@@ -55,3 +55,24 @@ def test_import_refuses_bad_input_naming_the_file(tmp_path):
         import_nifti_cases(tmp_path / "c", [{**spec, "class": "adenoma"}])
     with pytest.raises(DatasetError, match="missing label"):
         import_nifti_cases(tmp_path / "d", [{k: v for k, v in spec.items() if k != "label"}])
+
+
+def test_combine_masks_merges_liver_and_lesion_and_refuses_other_grids(tmp_path):
+    from mtilib.data.io import combine_masks
+
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    liver = np.zeros((6, 6, 3), np.uint8)
+    liver[1:5, 1:5] = 1
+    lesion = np.zeros((6, 6, 3), np.int16)
+    lesion[2:4, 2:4, 1] = 7  # any non-zero value marks the lesion
+    lesion[0, 0, 0] = 1      # a lesion voxel outside the liver is still lesion
+    nib.save(nib.Nifti1Image(liver, affine), tmp_path / "liver.nii.gz")
+    nib.save(nib.Nifti1Image(lesion, affine), tmp_path / "lesion.nii.gz")
+    out = combine_masks(tmp_path / "liver.nii.gz", tmp_path / "lesion.nii.gz", tmp_path / "labels.nii.gz")
+    labels = np.asarray(nib.load(out).dataobj)
+    np.testing.assert_allclose(nib.load(out).affine, affine)
+    assert labels[2, 2, 1] == 2 and labels[0, 0, 0] == 2 and labels[1, 1, 0] == 1 and labels[5, 5, 2] == 0
+    assert set(np.unique(labels)) == {0, 1, 2}
+    nib.save(nib.Nifti1Image(lesion, np.diag([3.0, 2.0, 5.0, 1.0])), tmp_path / "moved.nii.gz")
+    with pytest.raises(DatasetError, match=r"moved\.nii\.gz: affine differs from .*liver\.nii\.gz"):
+        combine_masks(tmp_path / "liver.nii.gz", tmp_path / "moved.nii.gz", tmp_path / "x.nii.gz")
