@@ -121,7 +121,8 @@ def weighted_covariance(values: torch.Tensor, weights: torch.Tensor, eps: float 
 
 def tim_consistency_loss(images: torch.Tensor, lesion_prob: torch.Tensor, true_lesion: torch.Tensor,
                          pred_enhancement: torch.Tensor, mask: torch.Tensor, beta: float = 0.1,
-                         second_order_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                         second_order_weight: float = 1.0, second_mask: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """TIM's higher-order consistency between segmentation and regression (DESIGN §3.5c).
 
     First order: the regressed ``ê`` agrees with the enhancement *measured from the input phases
@@ -130,18 +131,20 @@ def tim_consistency_loss(images: torch.Tensor, lesion_prob: torch.Tensor, true_l
     distance). Both over lesion slices (``mask``). Returns ``(first, second_order_weight·second)``.
 
     ``images (B, P, H, W)``, ``lesion_prob``/``true_lesion (B, H, W)``, ``pred_enhancement (B, P-1)``.
+    ``second_mask`` (default ``mask``): the rows of the second-order term, which needs the true
+    mask (box-labelled slices take part in the first order only).
     """
     if not bool(mask.any()):
         zero = _zero(pred_enhancement) + _zero(lesion_prob)
         return zero, zero
-    images = images[mask].float()
-    prob = lesion_prob[mask].float()
-    truth = true_lesion[mask].float()
-    measured = relative_enhancement(images, prob, phase_axis=1)
+    second_mask = mask if second_mask is None else second_mask
+    measured = relative_enhancement(images[mask].float(), lesion_prob[mask].float(), phase_axis=1)
     first = F.smooth_l1_loss(pred_enhancement[mask].float(), measured, beta=beta)
-    pix = pixel_enhancement(images)
-    cov_pred = weighted_covariance(pix, prob)
-    cov_true = weighted_covariance(pix, truth)
+    if not bool(second_mask.any()):
+        return first, _zero(lesion_prob)
+    pix = pixel_enhancement(images[second_mask].float())
+    cov_pred = weighted_covariance(pix, lesion_prob[second_mask].float())
+    cov_true = weighted_covariance(pix, true_lesion[second_mask].float())
     second = (cov_pred - cov_true).pow(2).sum((-2, -1)).mean()
     return first, second_order_weight * second
 
@@ -180,13 +183,26 @@ def multitask_loss(out, batch: dict, weights: LossWeights, class_weights: torch.
     Returns ``(total, parts)`` with ``parts`` as detached 0-d tensors for logging.
     """
     lesion_slices = batch["has_lesion"].bool()
+    # box-labelled slices have no label map: the segmentation terms see only the others
+    # (``seg_index``, indices of the rows with a mask, built on the host by the trainer; absent or
+    # None when every row has one)
+    seg_index = batch.get("seg_index")
     parts: dict[str, torch.Tensor] = {}
     if out.seg_logits is not None:
-        parts["seg"] = weights.seg * dice_ce_loss(out.seg_logits, batch["label"])
-        if "prelim_logits" in out.aux:
-            parts["prelim"] = weights.seg * weights.prelim * binary_dice_bce_loss(
-                out.aux["prelim_logits"], batch["label"] == LESION
-            )
+        if seg_index is None:
+            seg_logits, labels = out.seg_logits, batch["label"]
+            prelim = out.aux.get("prelim_logits")
+        else:
+            seg_logits, labels = out.seg_logits[seg_index], batch["label"][seg_index]
+            prelim = out.aux["prelim_logits"][seg_index] if "prelim_logits" in out.aux else None
+        if labels.shape[0] == 0:  # no row with a mask: no segmentation loss (graph kept)
+            parts["seg"] = _zero(out.seg_logits)
+            if prelim is not None:
+                parts["prelim"] = _zero(out.aux["prelim_logits"])
+        else:
+            parts["seg"] = weights.seg * dice_ce_loss(seg_logits, labels)
+            if prelim is not None:
+                parts["prelim"] = weights.seg * weights.prelim * binary_dice_bce_loss(prelim, labels == LESION)
     if out.enhancement is not None:
         parts["reg"] = weights.reg * masked_smooth_l1(
             out.enhancement, batch["enhancement"], lesion_slices, weights.smooth_l1_beta
@@ -197,9 +213,10 @@ def multitask_loss(out, batch: dict, weights: LossWeights, class_weights: torch.
         )
     if "prelim_logits" in out.aux and out.enhancement is not None and weights.tim > 0:
         lesion_prob = torch.softmax(out.seg_logits.float(), dim=1)[:, LESION]
+        with_mask = lesion_slices if "seg_valid" not in batch else lesion_slices & batch["seg_valid"].bool()
         first, second = tim_consistency_loss(
             batch["image"], lesion_prob, batch["label"] == LESION, out.enhancement, lesion_slices,
-            weights.smooth_l1_beta, weights.tim_second_order,
+            weights.smooth_l1_beta, weights.tim_second_order, second_mask=with_mask,
         )
         parts["tim"] = weights.tim * (first + second)
     total = sum(parts.values())

@@ -201,6 +201,12 @@ EXPECTED: dict[str, dict] = {
         # three NIfTI folders in a foreign layout, converted, predicted and exported
         "n_cases": 3, "n_exports": 3, "predict_same_space": True, "broken_label_named": True,
         "dice": (0.4, 1.0), "accuracy": (0.6, 1.0), "enhancement_mae": (0.0, 0.5),
+        # an LLD-MMRI-style study: one patient without a venous series skipped, three of the four
+        # series of each other patient resampled, boxes and classes as in the truth; fine-tuning on
+        # box cases runs and reports no Dice (there is no mask to score)
+        "lld_cases": (3, 13), "lld_skipped_patients": 1, "lld_resampled_phases": (9, 39),
+        "lld_boxes_match_truth": True, "finetune_epochs": (1, 10), "finetune_dice_available": False,
+        "finetune_accuracy": (0.0, 1.0), "finetune_enhancement_mae": (0.0, 1.0),
     },
 }
 

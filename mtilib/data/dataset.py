@@ -44,7 +44,8 @@ class CaseVolume:
 
     ``images (P, H, W, S)`` float32; ``labels (H, W, S)`` uint8 or None; ``class_id`` int or None;
     ``enhancement (P-1,)`` case-level truth or None; ``times_s (P,)``; ``spacing (3,)`` mm;
-    ``scale`` the divisor that was applied.
+    ``scale`` the divisor that was applied; ``lesion_box`` ``((i0, i1), (j0, j1), (k0, k1))``
+    inclusive voxel ranges for a case labelled by a box instead of a mask (``labels`` is then None).
     """
 
     case_id: str
@@ -56,10 +57,11 @@ class CaseVolume:
     enhancement: np.ndarray | None = None
     scale: float = 1.0
     affine: np.ndarray | None = None
+    lesion_box: tuple | None = None
 
     @classmethod
     def from_arrays(cls, case_id, images, times_s, spacing, labels=None, class_id=None,
-                    enhancement=None, affine=None) -> CaseVolume:
+                    enhancement=None, affine=None, lesion_box=None) -> CaseVolume:
         """Normalise raw images (:func:`normalisation_scale`) and wrap them."""
         images = np.asarray(images, dtype=np.float32)
         scale = normalisation_scale(images)
@@ -73,20 +75,16 @@ class CaseVolume:
             enhancement=None if enhancement is None else np.asarray(enhancement, dtype=np.float32),
             scale=scale,
             affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+            lesion_box=None if lesion_box is None else tuple((int(lo), int(hi)) for lo, hi in lesion_box),
         )
 
     @classmethod
     def from_case_data(cls, case) -> CaseVolume:
-        """From :class:`mtilib.data.io.CaseData` (a case read from disk). A case labelled only by a
-        box is refused: training and evaluation need masks (box-only training is not built yet)."""
-        if case.labels is None:
-            from mtilib.data.io import DatasetError
-
-            raise DatasetError(f"case {case.case_id!r} is labelled by a lesion box, not a mask: training and "
-                               "evaluating on box labels is not supported yet (mtilib predict works on it)")
+        """From :class:`mtilib.data.io.CaseData` (a case read from disk; a box-labelled case keeps
+        its box and has no labels)."""
         return cls.from_arrays(
             case.case_id, case.images, case.phase_times_s, case.spacing, case.labels,
-            case.record.get("class"), case.enhancement, case.affine,
+            case.record.get("class"), case.enhancement, case.affine, case.record.get("lesion_box"),
         )
 
     @classmethod
@@ -178,7 +176,14 @@ class SliceDataset(Dataset):
     Items are dicts of tensors: ``image (P, h, w)`` float32, ``times (P,)`` s, ``label (h, w)``
     int64, ``class_id ()`` int64 (−1 when unknown), ``enhancement (P-1,)`` (zeros when not a lesion
     slice), ``has_lesion ()`` bool (at least ``min_lesion_pixels`` lesion pixels), ``case_index``,
-    ``slice_index``.
+    ``slice_index``, ``seg_valid ()`` bool (the slice has a label map: false for box-labelled
+    cases, whose segmentation loss is skipped) and ``pool_mask (h, w)`` float32 (box cases: the
+    core of the box on this slice, where TIM pools in training; zeros otherwise).
+
+    A box-labelled case (``labels`` None, ``lesion_box`` set) contributes the slices its box
+    crosses as lesion slices (repeated up to ``lesion_slice_floor``), no negatives (without a mask
+    there is no telling a lesion-free slice from one with another lesion), and no augmentation or
+    ROI crop.
 
     ``negative_ratio``: lesion-free liver slices per lesion slice (chosen once, by ``seed``).
     ``all_slices``: every slice of every case (inference). ``image_size``: output in-plane size
@@ -205,6 +210,12 @@ class SliceDataset(Dataset):
         rng = np.random.default_rng(seed)
         items = []
         for ci, vol in enumerate(volumes):
+            if not all_slices and vol.labels is None and vol.lesion_box is not None:
+                (k0, k1) = vol.lesion_box[2]
+                lesion = list(range(k0, k1 + 1))
+                repeats = [lesion[i % len(lesion)] for i in range(len(lesion), lesion_slice_floor)]
+                items += [(ci, s) for s in sorted(lesion + repeats)]
+                continue
             if all_slices or vol.labels is None:
                 items += [(ci, s) for s in range(vol.num_slices)]
                 continue
@@ -262,9 +273,28 @@ class SliceDataset(Dataset):
         image = image * (0.9 + 0.2 * torch.rand((), generator=gen).item())
         return image, label
 
+    def _box_item(self, vol: CaseVolume, s: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """A box-labelled case's slice: image, the box core on it (float mask), whether the box crosses it."""
+        from mtilib.data.io import box_core
+
+        image = torch.from_numpy(np.ascontiguousarray(vol.images[..., s]))
+        (k0, k1) = vol.lesion_box[2]
+        inside = k0 <= s <= k1
+        core = box_core(vol.images.shape[1:], [list(r) for r in vol.lesion_box])[..., s] if inside else None
+        core = torch.zeros(image.shape[-2:]) if core is None else torch.from_numpy(core.astype(np.float32))
+        size = self.image_size
+        if size is not None and tuple(image.shape[-2:]) != (size, size):
+            image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            core = F.interpolate(core[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        return image, core, inside
+
     def __getitem__(self, index: int) -> dict:
         ci, s = self.items[index]
         vol = self.volumes[ci]
+        if vol.labels is None and vol.lesion_box is not None:
+            image, pool_mask, has_lesion = self._box_item(vol, s)
+            return self._item(vol, image, torch.zeros(image.shape[-2:], dtype=torch.int64), has_lesion, ci, s,
+                              seg_valid=False, pool_mask=pool_mask)
         image, label = self._resize(*self._slice(vol, s))
         if self.augment and label is not None:
             image, label = self._augment(image, label, _item_generator(self.seed, self.epoch, index))
@@ -272,6 +302,11 @@ class SliceDataset(Dataset):
             label = torch.zeros(image.shape[-2:], dtype=torch.int64)
         lesion = label == LESION
         has_lesion = bool(lesion.sum() >= self.min_lesion_pixels) and vol.labels is not None
+        return self._item(vol, image, label, has_lesion, ci, s, seg_valid=vol.labels is not None,
+                          pool_mask=torch.zeros(image.shape[-2:]))
+
+    def _item(self, vol: CaseVolume, image, label, has_lesion: bool, ci: int, s: int, seg_valid: bool,
+              pool_mask: torch.Tensor) -> dict:
         if has_lesion and vol.enhancement is not None:
             # Every slice through the lesion carries the lesion's enhancement. Measuring it on the
             # slice's pixels instead would mix in liver signal at the partial-volume rim (a cyst
@@ -288,6 +323,8 @@ class SliceDataset(Dataset):
             "has_lesion": torch.tensor(has_lesion),
             "case_index": torch.tensor(ci),
             "slice_index": torch.tensor(s),
+            "seg_valid": torch.tensor(seg_valid),
+            "pool_mask": pool_mask.float(),
         }
 
 

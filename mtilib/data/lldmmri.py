@@ -121,7 +121,8 @@ def import_lld_mmri(src, out, annotation=None, reference="pre", test_fraction: f
     (default: the only ``*.json`` in ``src`` or its parent); ``reference``: the phase whose grid the
     others are resampled onto; ``test_fraction``: share of patients (all of a patient's lesions
     together, drawn with ``seed``) that go to the test split. Cases carry ``lesion_box`` instead
-    of a label map; their enhancement target is measured in the box's core. The challenge gives
+    of a label map (they train the classification and regression heads; see SliceDataset); their
+    enhancement target is measured in the box's core. The challenge gives
     no acquisition times: the default 0, 35, 70, 180 s are recorded.
     """
     src, out = Path(src), Path(out)
@@ -132,8 +133,11 @@ def import_lld_mmri(src, out, annotation=None, reference="pre", test_fraction: f
     ref_k = reference_index(reference)
     report = ImportReport()
     patients = sorted(info)
+    # the split is drawn among the patients whose annotation lists all four DCE series (those that
+    # will be skipped for a missing phase would otherwise take test places)
+    complete = [p for p in patients if set(LLD_PHASES) <= {e["phase"] for e in info[p]}]
     rng = np.random.default_rng(seed)
-    test_patients = set(rng.permutation(patients)[: int(round(test_fraction * len(patients)))].tolist())
+    test_patients = set(rng.permutation(complete)[: int(round(test_fraction * len(complete)))].tolist())
     records = []
     for patient in patients:
         by_phase: dict[str, dict] = {}

@@ -29,7 +29,8 @@ class EarlyFusionUNet(nn.Module):
         self.decoder = Decoder(config.skip_widths, config.widths[3])
         self.seg_head = SegmentationHead(config.skip_widths[0], config.num_labels, refine=config.layout == "wide")
 
-    def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
+    def forward(self, x: torch.Tensor, times_s: torch.Tensor, pool_mask: torch.Tensor | None = None) -> MTIOutput:
+        """``pool_mask`` is accepted for the training loop's sake and ignored (no TIM here)."""
         check_input(x, times_s, self.config.phases, self.config.downsampling)
         feats = self.encoder(x)
         dec = self.decoder(feats[-1], feats[:-1])

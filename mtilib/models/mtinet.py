@@ -265,7 +265,11 @@ class MTINet(nn.Module):
                 hidden=c.cls_hidden, dropout=c.dropout,
             )
 
-    def forward(self, x: torch.Tensor, times_s: torch.Tensor) -> MTIOutput:
+    def forward(self, x: torch.Tensor, times_s: torch.Tensor, pool_mask: torch.Tensor | None = None) -> MTIOutput:
+        """``pool_mask (B, 1, H, W)`` (training on box-labelled cases): where a row is not all zero,
+        TIM pools under it instead of the preliminary mask s0 (a case known only by its lesion box
+        teaches no segmentation, so s0 cannot be trusted to find its lesion). Only networks whose
+        TIM pools under s0 use it; the others ignore it."""
         c = self.config
         check_input(x, times_s, c.phases, c.downsampling)
         b, p, h, w = x.shape
@@ -290,6 +294,9 @@ class MTINet(nn.Module):
             if c.tim:
                 aux["prelim_logits"] = self.prelim_head(dec).float()
                 mask = torch.sigmoid(aux["prelim_logits"])
+                if pool_mask is not None:
+                    given = pool_mask.float().flatten(1).sum(1) > 0  # on the device: no host sync
+                    mask = torch.where(given[:, None, None, None], pool_mask.float(), mask)
 
         descriptors = None
         if self.needs_descriptors:

@@ -167,10 +167,11 @@ def evaluate_cases(model: torch.nn.Module, volumes: list[CaseVolume], image_size
     for vol in volumes:
         pred = predict_case(model, vol, image_size, device, precision, batch_size, channels_last=channels_last)
         predictions.append(pred)
+        scored_mask = vol.labels is not None and pred.label_map is not None  # a box case has no mask to score
         metrics.add(
             vol.case_id,
-            pred_mask=pred.lesion_mask,
-            true_mask=None if vol.labels is None or pred.label_map is None else vol.labels == LESION,
+            pred_mask=pred.lesion_mask if scored_mask else None,
+            true_mask=vol.labels == LESION if scored_mask else None,
             spacing=tuple(vol.spacing),
             pred_enhancement=pred.enhancement,
             true_enhancement=vol.enhancement if pred.enhancement is not None else None,

@@ -260,7 +260,12 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             lesion_index = batch["has_lesion"].nonzero().flatten()
             any_lesion = lesion_index.numel() > 0
             lesion_index = lesion_index.to(device, non_blocking=True)
+            # rows with a label map, also decided on the host; box-labelled rows (no mask) are
+            # left out of the segmentation loss, and TIM pools inside their box
+            seg_index = batch["seg_valid"].nonzero().flatten()
+            boxed = seg_index.numel() < batch["seg_valid"].numel()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch["seg_index"] = seg_index.to(device, non_blocking=True) if boxed else None
             x = batch["image"]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -268,7 +273,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
 
             # network (generator) step
             with autocast(device, precision):
-                out = g_model(x, batch["times"])
+                out = g_model(x, batch["times"], pool_mask=batch["pool_mask"][:, None] if boxed else None)
             loss, parts = multitask_loss(out, batch, cfg.loss, class_weights)
             fake = None
             if disc is not None:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mtilib.data.io import DatasetError, check_dataset, load_case
+from mtilib.data.io import check_dataset, load_case
 from mtilib.data.lldmmri import import_lld_mmri, map_box, series_grids, write_miniature
 from mtilib.data.phantom import PhantomConfig, generate_case
 from mtilib.train import load_volumes
@@ -72,8 +72,8 @@ def test_import_round_trip(miniature, tmp_path):
     assert all(r["split"] == splits[r["patient"]] for r in index.records)  # a patient's lesions stay together
     summary = check_dataset(tmp_path / "ds")
     assert summary["box_labelled_cases"] == 5 and summary["resampled_cases"] == 5
-    with pytest.raises(DatasetError, match="labelled by a lesion box"):
-        load_volumes(tmp_path / "ds", "train")
+    volumes = load_volumes(tmp_path / "ds", "train")
+    assert volumes and all(v.labels is None and v.lesion_box is not None for v in volumes)
 
 
 def test_boxes_map_through_the_affines(miniature):
@@ -114,3 +114,38 @@ def test_the_command_line_imports_refuses_to_overwrite_and_names_bad_input(minia
     refused = subprocess.run(cmd + ["--force", "--annotation", str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1 and "bad.json" in refused.stderr and "Traceback" not in refused.stderr
     assert (tmp_path / "ds" / "dataset.json").exists()  # refused before anything was removed
+
+
+@pytest.mark.slow
+def test_training_on_a_mixed_mask_and_box_set_then_predict_and_evaluate(miniature, tmp_path):
+    """Masks (the sample phantom) and boxes (the imported miniature) in one training set: a short
+    run trains, validation scores Dice on the mask cases only, and an imported case is predicted."""
+    import math
+
+    from mtilib.course import DEFAULT_DATA
+    from mtilib.train import TrainConfig, evaluate_cases, predict_case, train
+
+    _, root, annotation = miniature
+    index, _ = import_lld_mmri(root, tmp_path / "ds", annotation=annotation, test_fraction=0.0)
+    boxes = load_volumes(tmp_path / "ds", "train")
+    masks = load_volumes(DEFAULT_DATA, "train")
+    cfg = TrainConfig.preset("quick")
+    cfg.model.width, cfg.optim.epochs, cfg.deterministic = 4, 1, True
+    cfg.precision, cfg.channels_last = "fp32", False
+    result = train(cfg, None, tmp_path / "run", train_volumes=masks[:-3] + boxes[:-1],
+                   val_volumes=masks[-3:] + boxes[-1:], log=lambda *a, **k: None, progress=False)
+    record = result.history[-1]
+    assert all(math.isfinite(record[k]) for k in ("loss_seg", "loss_reg", "loss_cls", "loss_total"))
+    metrics, predictions = evaluate_cases(result_model(tmp_path / "run"), masks[-3:] + boxes[-1:], 64)
+    summary = metrics.summary()
+    # Dice over the three mask cases only (a box has no mask to score); enhancement and class over all four
+    assert summary["n_cases"] == 4 and summary["segmentation"]["n_cases"] == 3
+    assert summary["regression"]["n_cases"] == 4 and summary["classification"]["n_cases"] == 4
+    pred = predict_case(result_model(tmp_path / "run"), boxes[0], 64)
+    assert pred.label_map.shape == boxes[0].images.shape[1:] and pred.class_probs.shape == (7,)
+
+
+def result_model(run):
+    from mtilib.train import load_model
+
+    return load_model(run / "last.pt")[0]

@@ -34,15 +34,29 @@ def _save(img, path):
     return path
 
 
-@pytest.mark.parametrize("name", ["example4d.nii.gz", "anatomical.nii"])
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "anatomical.nii", "functional.nii"])
 def test_a_reoriented_copy_comes_back_voxel_for_voxel(tmp_path, name):
     """The same voxels with axes flipped and permuted (nibabel's closest canonical RAS+ form): the
-    affine says where each voxel is, so resampling onto the original grid restores it exactly."""
+    affine says where each voxel is, so resampling onto the original grid restores it exactly.
+    (example4d: an oblique int16 series; anatomical: left-anterior-superior, big-endian;
+    functional: scaled integers, scl_slope 0.075 and scl_inter 3101, read through the scale.)"""
     ref = _scanner_volume(name)
-    canonical = nib.as_closest_canonical(ref)
+    if name == "functional.nii":  # its first volume as stored: int16 voxels and the file's scale
+        source = nib.load(os.path.join(NIBABEL_DATA, name))
+        raw = np.asanyarray(source.dataobj.get_unscaled())[..., 0]
+        header = source.header.copy()
+        header.set_data_shape(raw.shape)
+        ref = nib.Nifti1Image(raw, source.affine, header)
+        ref.header.set_slope_inter(source.dataobj.slope, source.dataobj.inter)
+    pre = _save(ref, tmp_path / "pre.nii.gz")
+    canonical = nib.as_closest_canonical(nib.load(pre))  # from the file, so through its scale
     assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S") != nib.aff2axcodes(ref.affine)
-    paths = [_save(ref, tmp_path / "pre.nii.gz"), _save(canonical, tmp_path / "art.nii.gz")]
+    paths = [pre, _save(canonical, tmp_path / "art.nii.gz")]
+    if name == "functional.nii":
+        stored = nib.load(paths[0])
+        assert stored.get_data_dtype() == np.int16 and stored.dataobj.slope != 1 and stored.dataobj.inter != 0
     images, affine, report = align_phase_files(paths, "pre")
+    np.testing.assert_allclose(images[0], nib.load(paths[0]).get_fdata(), rtol=1e-6)  # read through the scale
     np.testing.assert_allclose(affine, ref.affine)
     np.testing.assert_allclose(images[1], images[0], atol=1e-3 * float(np.abs(images[0]).max()))
     assert [g.resampled for g in report] == [False, True]
