@@ -5,7 +5,7 @@ STAMP := $(VENV)/.mtilib-installed
 # Every target sets up what it needs: the first run creates .venv (about 2.5 minutes), later runs
 # reuse it until pyproject.toml or constraints.txt change.
 
-.PHONY: setup course test lab student bench results data-samples checkpoint gpu-check lint clean
+.PHONY: setup course test lab student site bench results data-samples checkpoint gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ test: setup
 ## Open JupyterLab on the course with the project's kernel.
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+## The executed course as an offline website in build/site/ (reuses build/course when `make course`
+## ran on this commit, else executes the course first; about 4 minutes on 2 cores). Open
+## build/site/index.html, or: python -m http.server -d build/site
+site: setup
+	$(BIN)/mtilib site $(SITE_ARGS)
 
 ## Student copies without solutions, in build/student/.
 student: setup

@@ -185,6 +185,18 @@ def _cmd_import_lld(args) -> int:
     return 0
 
 
+def _cmd_site(args) -> int:
+    from mtilib.course import DEFAULT_OUT
+    from mtilib.site import DEFAULT_SITE, build_site
+
+    try:
+        build_site(out=args.out or DEFAULT_SITE, course_out=args.course_out or DEFAULT_OUT, quick=args.quick,
+                   force=args.force)
+    except FileExistsError as exc:
+        raise RefusedError(str(exc)) from exc
+    return 0
+
+
 def _cmd_train(args) -> int:
     from mtilib.train import TrainConfig, train
 
@@ -431,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("root", help="data-set folder (with dataset.json)")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=_cmd_dataset_check)
+
+    p = sub.add_parser("site", help="the executed course as an offline website (build/site/index.html)")
+    p.add_argument("--out", help="where the site goes (default build/site)")
+    p.add_argument("--course-out", help="the executed notebooks: reused when they are of this commit, else "
+                                        "the course runs there first (default build/course)")
+    p.add_argument("--quick", action="store_true", help="from the QUICK course (fast; for checks)")
+    p.add_argument("--force", action="store_true", help="replace an --out folder this command did not build")
+    p.set_defaults(func=_cmd_site)
 
     p = sub.add_parser("import", help="convert a public data set's layout into this package's layout")
     isub = p.add_subparsers(dest="import_command", metavar="format")

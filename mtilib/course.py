@@ -379,6 +379,21 @@ def _format_metrics(metrics: dict, limit: int = 4) -> str:
     return ", ".join(parts) + (f" (+{more})" if more > 0 else "")
 
 
+def repo_state(root: Path = REPO_ROOT) -> dict:
+    """``{"commit": short hash or None, "dirty": bool}``: the checkout the course runs from
+    (``dirty``: tracked files differ from the commit; without git, ``commit`` is None)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=20)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": True}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": True}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
 def summary_table(results: list[NotebookResult]) -> str:
     """A plain-text table: notebook, status, seconds, budget (``OVER`` past it), key metrics."""
     rows = [("notebook", "status", "seconds", "budget", "key metrics")]
@@ -450,8 +465,14 @@ def run_course(
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = [r for r in pool.map(run, books) if r is not None]
-    echo(f"[course] {len(results)} notebook(s) in {time.perf_counter() - started:.1f} s wall clock, "
-         f"{jobs} at a time")
+    wall = time.perf_counter() - started
+    echo(f"[course] {len(results)} notebook(s) in {wall:.1f} s wall clock, {jobs} at a time")
+    # what this run executed, for tools that reuse it (mtilib site reuses a run of the same commit)
+    (out_root / "course_run.json").write_text(json.dumps({
+        **repo_state(), "quick": bool(quick), "jobs": jobs, "wall_seconds": wall, "seed": seed,
+        "notebooks": [r.notebook for r in results], "date": time.strftime("%Y-%m-%d %H:%M"),
+        "notebook_dir": str(Path(notebook_dir).resolve()),
+    }, indent=2))
     (out_root / "summary.json").write_text(
         json.dumps([{**r.__dict__, "over_budget": r.over_budget} for r in results], indent=2, default=str)
     )

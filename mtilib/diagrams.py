@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtilib.metrics", "mtilib.stats"),
     ("mtilib.train",),
     ("mtilib.viz", "mtilib.widgets"),
-    ("mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student", "mtilib.checks", "mtilib.diagrams"),
+    ("mtilib.course", "mtilib.bench", "mtilib.results", "mtilib.student", "mtilib.checks", "mtilib.diagrams",
+     "mtilib.site"),
     ("mtilib.cli",),
 ]
 
