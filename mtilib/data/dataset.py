@@ -166,7 +166,13 @@ def crop_volume(volume: CaseVolume, box: tuple[slice, slice, slice]) -> CaseVolu
     """``volume`` cut to ``box`` (rows, columns, slices); intensities keep the case's normalisation
     (a crop must not rescale the lesion by its own median), and truth travels along."""
     r, c, z = box
-    return replace(volume, images=np.ascontiguousarray(volume.images[:, r, c, z]),
+    images = np.ascontiguousarray(volume.images[:, r, c, z])
+    lesion = None
+    if volume.lesion_box is not None:  # a box label moves with the crop (and is clipped to it)
+        starts = [s.indices(n)[0] for s, n in zip(box, volume.images.shape[1:])]
+        lesion = tuple((max(lo - a, 0), min(hi - a, n - 1))
+                       for (lo, hi), a, n in zip(volume.lesion_box, starts, images.shape[1:]))
+    return replace(volume, images=images, lesion_box=lesion,
                    labels=None if volume.labels is None else np.ascontiguousarray(volume.labels[r, c, z]))
 
 

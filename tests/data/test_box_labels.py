@@ -77,3 +77,13 @@ def test_tim_pools_inside_the_given_mask_for_box_rows_only():
     torch.testing.assert_close(boxed.aux["measured_enhancement"][0], measured[0])
     torch.testing.assert_close(boxed.aux["descriptors"][1], plain.aux["descriptors"][1])
     assert not torch.allclose(boxed.aux["descriptors"][0], plain.aux["descriptors"][0])
+
+
+def test_a_crop_moves_the_box_with_it():
+    from mtilib.data.dataset import crop_volume
+
+    vol = CaseVolume.from_arrays("a", np.random.default_rng(0).random((4, 20, 20, 6)) + 1, [0, 35, 70, 180],
+                                 [1, 1, 1], None, 0, [0.1, 0.2, 0.3], None, [[5, 9], [6, 8], [1, 2]])
+    cropped = crop_volume(vol, (slice(4, 14), slice(5, 15), slice(0, 6)))
+    assert cropped.lesion_box == ((1, 5), (1, 3), (1, 2)) and cropped.images.shape == (4, 10, 10, 6)
+    assert crop_volume(vol, (slice(7, 20), slice(0, 20), slice(0, 6))).lesion_box[0] == (0, 2)  # clipped

@@ -3,8 +3,6 @@ cannot be downloaded here): separate series on different grids (flipped, finer, 
 non-DCE series, a missing phase, boxes, an unknown category, a second lesion, a box outside."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -101,24 +99,26 @@ def test_boxes_map_through_the_affines(miniature):
     assert map_box(np.array([[900.0, 950], [0, 3], [0, 1]]), case.affine, case.affine, case.labels.shape)[0] is None
 
 
-def test_the_command_line_imports_refuses_to_overwrite_and_names_bad_input(miniature, tmp_path):
+def test_the_command_line_imports_refuses_to_overwrite_and_names_bad_input(miniature, tmp_path, capsys):
+    from mtilib.cli import main
+
     _, root, annotation = miniature
-    cmd = [sys.executable, "-m", "mtilib.cli", "import", "lld-mmri", str(root), "--out", str(tmp_path / "ds")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "5 case(s) written" in done.stdout and "labelled by a lesion box (no mask): 5" in done.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 3 and "--force" in again.stderr
+    args = ["import", "lld-mmri", str(root), "--out", str(tmp_path / "ds")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "5 case(s) written" in out and "labelled by a lesion box (no mask): 5" in out
+    assert main(args) == 3 and "--force" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"patients": {}}))
-    refused = subprocess.run(cmd + ["--force", "--annotation", str(bad)], capture_output=True, text=True)
-    assert refused.returncode == 1 and "bad.json" in refused.stderr and "Traceback" not in refused.stderr
+    assert main(args + ["--force", "--annotation", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "ds" / "dataset.json").exists()  # refused before anything was removed
 
 
 @pytest.mark.slow
 def test_training_on_a_mixed_mask_and_box_set_then_predict_and_evaluate(miniature, tmp_path):
-    """Masks (the sample phantom) and boxes (the imported miniature) in one training set: a short
+    """Masks (six sample phantom cases) and boxes (the imported miniature) in one training set: a short
     run trains, validation scores Dice on the mask cases only, and an imported case is predicted."""
     import math
 
@@ -132,7 +132,7 @@ def test_training_on_a_mixed_mask_and_box_set_then_predict_and_evaluate(miniatur
     cfg = TrainConfig.preset("quick")
     cfg.model.width, cfg.optim.epochs, cfg.deterministic = 4, 1, True
     cfg.precision, cfg.channels_last = "fp32", False
-    result = train(cfg, None, tmp_path / "run", train_volumes=masks[:-3] + boxes[:-1],
+    result = train(cfg, None, tmp_path / "run", train_volumes=masks[:6] + boxes[:-1],
                    val_volumes=masks[-3:] + boxes[-1:], log=lambda *a, **k: None, progress=False)
     record = result.history[-1]
     assert all(math.isfinite(record[k]) for k in ("loss_seg", "loss_reg", "loss_cls", "loss_total"))
