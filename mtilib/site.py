@@ -15,6 +15,7 @@ followed by ``make site`` executes the notebooks once.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -72,7 +73,8 @@ def build_site(out: str | Path = DEFAULT_SITE, course_out: str | Path = DEFAULT_
     run = reusable_run(course_out, quick, notebook_dir)
     if run is None:
         echo(f"[site] executing the course into {course_out} ...")
-        run_course(quick=quick, out=course_out, notebook_dir=notebook_dir, echo=echo)
+        run_course(quick=quick, out=course_out, notebook_dir=notebook_dir, echo=echo,
+                   jobs=min(2, os.cpu_count() or 1))  # as mtilib course runs it
         run = json.loads((course_out / "course_run.json").read_text())
     else:
         echo(f"[site] reusing the course run of commit {run['commit']} in {course_out}")
