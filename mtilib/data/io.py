@@ -238,10 +238,6 @@ def _check_finite(data: np.ndarray, name: str) -> None:
                            f"{int(bad.sum()) - n_nan} infinite)")
 
 
-def _on_grid(shape, affine, ref_shape, ref_affine, tol: float = AFFINE_TOL_MM) -> bool:
-    return tuple(shape) == tuple(ref_shape) and float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max()) <= tol
-
-
 def _check_same_grid(shape, affine, ref_shape, ref_affine, name: str, ref_name: str, tol: float) -> None:
     if tuple(shape) != tuple(ref_shape):
         raise DatasetError(f"{name}: shape {tuple(shape)} differs from {ref_name} {tuple(ref_shape)}")
@@ -717,9 +713,9 @@ def import_nifti_cases(root, cases: Sequence[dict], dtype: str = "float32", name
             images, affine = load_phase_images(spec["phases"])
         labels, label_affine = _load_nifti(Path(spec["label"]), None, integer=True)
         label_name = str(spec["label"])
-        if grids is not None and not _on_grid(labels.shape, label_affine, images.shape[1:], affine):
-            from mtilib.data.resample import coverage, resample_volume
+        from mtilib.data.resample import coverage, resample_volume, same_grid
 
+        if grids is not None and not same_grid(labels.shape, label_affine, images.shape[1:], affine, AFFINE_TOL_MM):
             if coverage(labels.shape, label_affine, images.shape[1:], affine) == 0:
                 raise DatasetError(f"{label_name}: does not overlap the reference phase's grid")
             labels = resample_volume(labels, label_affine, images.shape[1:], affine, order=0)
