@@ -109,13 +109,16 @@ def main(argv=None) -> int:
     print(f"[checkpoint] targets on the held-out phantom: {met}; make checkpoint took {total_minutes:.1f} min")
 
     history = result.history
+    stopping = (f"at most {cfg.optim.epochs} epochs with early stopping after {cfg.optim.patience} without "
+                "improvement" if cfg.optim.patience else
+                f"{cfg.optim.epochs} epochs, the epoch with the best validation score kept")
     lines = [
         "# Shipped checkpoint",
         "",
         "`mtinet_course.pt`: MTI-Net trained with the `course` preset "
-        f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, at most {cfg.optim.epochs} epochs with early "
-        f"stopping after {cfg.optim.patience} without improvement, {cfg.data.image_size}×{cfg.data.image_size} "
-        f"slices) on {CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; 20 % held out for "
+        f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, {stopping}, {cfg.data.image_size}×"
+        f"{cfg.data.image_size} slices, each lesion slice regressing its own slice's enhancement) on "
+        f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; 20 % held out for "
         f"validation), best epoch {result.best_epoch} of {len(history)}. Training (with validation after every "
         f"epoch) took {train_seconds / 60:.1f} minutes on {torch.get_num_threads()} threads of {cpu_name()}, "
         f"torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}); `make checkpoint` "

@@ -43,7 +43,9 @@ class CaseVolume:
     """One case ready for slicing: images already normalised (same scale for all phases).
 
     ``images (P, H, W, S)`` float32; ``labels (H, W, S)`` uint8 or None; ``class_id`` int or None;
-    ``enhancement (P-1,)`` case-level truth or None; ``times_s (P,)``; ``spacing (3,)`` mm;
+    ``enhancement (P-1,)`` case-level truth or None; ``enhancement_by_slice (S, P-1)`` the truth
+    restricted to each slice's lesion tissue, NaN where the lesion does not reach, or None (known
+    for phantom cases only); ``times_s (P,)``; ``spacing (3,)`` mm;
     ``scale`` the divisor that was applied; ``lesion_box`` ``((i0, i1), (j0, j1), (k0, k1))``
     inclusive voxel ranges for a case labelled by a box instead of a mask (``labels`` is then None).
     """
@@ -58,10 +60,11 @@ class CaseVolume:
     scale: float = 1.0
     affine: np.ndarray | None = None
     lesion_box: tuple | None = None
+    enhancement_by_slice: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, case_id, images, times_s, spacing, labels=None, class_id=None,
-                    enhancement=None, affine=None, lesion_box=None) -> CaseVolume:
+                    enhancement=None, affine=None, lesion_box=None, enhancement_by_slice=None) -> CaseVolume:
         """Normalise raw images (:func:`normalisation_scale`) and wrap them."""
         images = np.asarray(images, dtype=np.float32)
         scale = normalisation_scale(images)
@@ -76,6 +79,8 @@ class CaseVolume:
             scale=scale,
             affine=None if affine is None else np.asarray(affine, dtype=np.float64),
             lesion_box=None if lesion_box is None else tuple((int(lo), int(hi)) for lo, hi in lesion_box),
+            enhancement_by_slice=(None if enhancement_by_slice is None
+                                  else np.asarray(enhancement_by_slice, dtype=np.float32)),
         )
 
     @classmethod
@@ -85,13 +90,15 @@ class CaseVolume:
         return cls.from_arrays(
             case.case_id, case.images, case.phase_times_s, case.spacing, case.labels,
             case.record.get("class"), case.enhancement, case.affine, case.record.get("lesion_box"),
+            case.enhancement_by_slice,
         )
 
     @classmethod
     def from_phantom(cls, case, case_id: str) -> CaseVolume:
         """From a :class:`mtilib.data.phantom.PhantomCase` held in memory (no files written)."""
         return cls.from_arrays(case_id, case.images, case.phase_times_s, case.spacing, case.labels,
-                               case.class_id, case.enhancement, case.affine)
+                               case.class_id, case.enhancement, case.affine,
+                               enhancement_by_slice=case.enhancement_by_slice)
 
     @property
     def num_slices(self) -> int:
@@ -172,7 +179,8 @@ def crop_volume(volume: CaseVolume, box: tuple[slice, slice, slice]) -> CaseVolu
         starts = [s.indices(n)[0] for s, n in zip(box, volume.images.shape[1:])]
         lesion = tuple((max(lo - a, 0), min(hi - a, n - 1))
                        for (lo, hi), a, n in zip(volume.lesion_box, starts, images.shape[1:]))
-    return replace(volume, images=images, lesion_box=lesion,
+    by_slice = None if volume.enhancement_by_slice is None else volume.enhancement_by_slice[z]
+    return replace(volume, images=images, lesion_box=lesion, enhancement_by_slice=by_slice,
                    labels=None if volume.labels is None else np.ascontiguousarray(volume.labels[r, c, z]))
 
 
@@ -313,7 +321,14 @@ class SliceDataset(Dataset):
 
     def _item(self, vol: CaseVolume, image, label, has_lesion: bool, ci: int, s: int, seg_valid: bool,
               pool_mask: torch.Tensor) -> dict:
-        if has_lesion and vol.enhancement is not None:
+        by_slice = None if vol.enhancement_by_slice is None else vol.enhancement_by_slice[s]
+        if has_lesion and by_slice is not None and np.all(np.isfinite(by_slice)):
+            # The truth of the lesion tissue this slice shows. A lesion is not uniform from slice to
+            # slice (a rim-enhancing lesion's end slices are all rim): asked for the whole lesion's
+            # value, one slice can only guess at the slices it does not see, and the network learns
+            # a shrunk guess. Weighted by lesion area, the slices' values give back the case's.
+            enhancement = torch.from_numpy(by_slice.astype(np.float32))
+        elif has_lesion and vol.enhancement is not None:
             # Every slice through the lesion carries the lesion's enhancement. Measuring it on the
             # slice's pixels instead would mix in liver signal at the partial-volume rim (a cyst
             # would read +0.2 instead of 0), and evaluation compares against the case's truth.

@@ -11,6 +11,7 @@
 ``file_ending``) and ``mtilib``: ``class_names``, ``phase_names``, ``intensity_storage`` and one
 record per case. Required record keys: ``case``, ``split`` ("train" / "test"), ``class`` (LLD-MMRI
 id). Phantom records add ``class_name``, ``enhancement``, ``enhancement_measured``,
+``enhancement_by_slice`` (one row per slice, null where the lesion does not reach),
 ``phase_times_s``, ``lesion_diameter_mm``, ``lesion_volume_ml``, ``atypical``, ``presentation``,
 ``seed`` and ``settings``; records of converted real data may omit them (the enhancement is then
 measured from the images under the label, and the default phase times are assumed).
@@ -139,6 +140,16 @@ class CaseData:
             return relative_enhancement(self.images, box_core(self.images.shape[1:], self.record["lesion_box"]),
                                         phase_axis=0)
         return relative_enhancement(self.images, self.labels == 2, phase_axis=0)
+
+    @property
+    def enhancement_by_slice(self) -> np.ndarray | None:
+        """``(S, P-1)`` the lesion tissue's own enhancement within each slice (NaN where the lesion
+        does not reach), when the record holds it (phantom cases); ``None`` otherwise."""
+        rows = self.record.get("enhancement_by_slice")
+        if rows is None:
+            return None
+        n_post = self.images.shape[0] - 1  # load_case checked one row per slice
+        return np.array([[np.nan] * n_post if row is None else row for row in rows], float)
 
 
 def box_core(shape, box, fraction: float = 0.5) -> np.ndarray:
@@ -352,6 +363,9 @@ def phantom_record(case, case_id: str, split: str) -> dict:
         "enhancement": [float(v) for v in case.enhancement],
         "enhancement_measured": (None if case.enhancement_measured is None
                                  else [float(v) for v in case.enhancement_measured]),
+        "enhancement_by_slice": (None if case.enhancement_by_slice is None
+                                 else [None if not np.all(np.isfinite(row)) else [float(v) for v in row]
+                                       for row in case.enhancement_by_slice]),
         "phase_times_s": [float(v) for v in case.phase_times_s],
         "lesion_diameter_mm": round(float(case.lesion_diameter_mm), 3),
         "lesion_volume_ml": round(float(case.lesion_volume_ml), 4),
@@ -500,6 +514,13 @@ def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], 
         if enh is not None and (not isinstance(enh, list) or len(enh) != n_phases - 1
                                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in enh)):
             raise DatasetError(f"{label}: enhancement must be {n_phases - 1} finite numbers, got {enh!r}")
+        by_slice = rec.get("enhancement_by_slice")
+        if by_slice is not None and (not isinstance(by_slice, list) or not all(
+                row is None or (isinstance(row, list) and len(row) == n_phases - 1
+                                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in row))
+                for row in by_slice)):
+            raise DatasetError(f"{label}: enhancement_by_slice must be a list with, per slice, null or "
+                               f"{n_phases - 1} finite numbers")
         box = rec.get("lesion_box")
         if box is not None and not _valid_box(box):
             raise DatasetError(f"{label}: lesion_box must be [[i0, i1], [j0, j1], [k0, k1]], voxel indices with "
@@ -567,6 +588,10 @@ def load_case(index: DatasetIndex, case_id: str, affine_tol_mm: float = AFFINE_T
     root = index.root
     paths = index.image_paths(case_id)
     images, affine = _load_phases(paths, root, affine_tol_mm)
+    by_slice = record.get("enhancement_by_slice")
+    if by_slice is not None and len(by_slice) != images.shape[-1]:
+        raise DatasetError(f"dataset.json: enhancement_by_slice of case {case_id!r} has {len(by_slice)} rows "
+                           f"for {images.shape[-1]} slices ({_rel(paths[0], root)})")
     if record.get("lesion_box") is not None:
         box = record["lesion_box"]
         outside = [axis for axis, (r, n) in enumerate(zip(box, images.shape[1:])) if r[1] >= n]

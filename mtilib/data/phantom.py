@@ -191,7 +191,10 @@ class PhantomCase:
     of the noise-free signal under the true lesion mask, both on the fine (partial-volume-free) grid
     before bias field and motion, i.e. the lesion tissue's own enhancement (a cyst gives 0).
     enhancement_measured: the same function on ``clean_images`` under ``labels == 2`` (what the
-    label route measures; boundary voxels mix in liver signal). maps: float32 (H, W, S) each, averaged over
+    label route measures; boundary voxels mix in liver signal). enhancement_by_slice: (S, P-1), the
+    truth restricted to the lesion tissue inside each output slice, NaN where it does not reach (a
+    lesion is not uniform from slice to slice; the training target of a lesion slice).
+    maps: float32 (H, W, S) each, averaged over
     the fine grid: ``ktrans_per_min``, ``ve``, ``vp``, ``fa``, ``delay_s`` (extra arrival delay
     relative to the case's vascular inputs), ``t10_s`` (0 in air). vascular_inputs: the case's
     plasma inputs on the kinetics grid (``t_s``, ``cp_art``, ``cp_pv`` in mM) and their parameters.
@@ -216,6 +219,7 @@ class PhantomCase:
     seed: int
     config: dict
     enhancement_measured: np.ndarray | None = None
+    enhancement_by_slice: np.ndarray | None = None
     vascular_inputs: dict = field(default_factory=dict)
 
     @property
@@ -457,6 +461,7 @@ def generate_case(seed: int, class_id: int | str | None = None,
     # `enhancement_measured` (it carries the partial-volume contamination of the label route).
     lesion_rows = lesion["inside"][varying]
     enhancement = relative_enhancement(voxel_signal, lesion_rows, phase_axis=0)
+    enhancement_by_slice = _enhancement_by_slice(voxel_signal, lesion, grid)
 
     fine_phase = np.empty(grid.shape, np.float32)
     clean = np.empty((len(times), *cfg.shape), np.float32)
@@ -507,6 +512,7 @@ def generate_case(seed: int, class_id: int | str | None = None,
         class_name=CLASS_NAMES[cls],
         enhancement=np.asarray(enhancement, float),
         enhancement_measured=np.asarray(enhancement_measured, float),
+        enhancement_by_slice=enhancement_by_slice,
         phase_times_s=times,
         spacing=spacing,
         affine=centred_affine(cfg.shape, spacing),
@@ -521,6 +527,20 @@ def generate_case(seed: int, class_id: int | str | None = None,
                          **{k: float(v) for k, v in physio.items() if k in
                             ("aif_delay_s", "aif_scale", "hct", "pv_delay_s", "pv_transit_s")}},
     )
+
+
+def _enhancement_by_slice(voxel_signal: np.ndarray, lesion: dict, grid: _Grid) -> np.ndarray:
+    """``(S, P-1)``: the truth of ``enhancement`` restricted to the lesion tissue inside each output
+    slice (NaN on slices the lesion tissue does not reach)."""
+    box, varying, inside = lesion["box"], lesion["varying"], lesion["inside"]
+    n_slices = grid.coarse_shape[2]
+    fine_z = np.broadcast_to(np.arange(box[2].start, box[2].stop)[None, None, :], varying.shape)
+    slice_of_row = fine_z[varying] // grid.factor  # output slice of every varying voxel
+    lesion_rows = inside[varying]
+    out = np.full((n_slices, voxel_signal.shape[0] - 1), np.nan)
+    for z in np.unique(slice_of_row[lesion_rows]):
+        out[z] = relative_enhancement(voxel_signal, lesion_rows & (slice_of_row == z), phase_axis=0)
+    return out
 
 
 def derive_seed(seed: int, index: int) -> int:

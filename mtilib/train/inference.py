@@ -206,8 +206,9 @@ def lesion_slice_outputs(model: torch.nn.Module, volumes: list[CaseVolume], imag
     :class:`~mtilib.data.dataset.SliceDataset` marks ``has_lesion`` (no augmentation, no
     lesion-free slices), resized to ``image_size``. Returns CPU tensors (N = lesion slices):
 
-    * inputs and truth: ``times (N, P)``, ``class_id (N,)``, ``enhancement (N, P-1)`` (the case's
-      truth), ``case_index (N,)`` (into ``volumes``), ``slice_index (N,)``;
+    * inputs and truth: ``times (N, P)``, ``class_id (N,)``, ``enhancement (N, P-1)`` (the slice's
+      training target: its own truth where the data hold it, else the case's),
+      ``case_index (N,)`` (into ``volumes``), ``slice_index (N,)``;
     * outputs: ``pred_enhancement (N, P-1)``, ``class_logits (N, C)``, ``class_probs (N, C)``;
     * what the heads and the TDD read: ``descriptors (N, P, d)``, ``context (N, P·d)`` (flattened
       descriptors, the TDD's context token), ``pooled (N, F)``, ``measured_enhancement (N, P-1)``

@@ -105,6 +105,7 @@ def test_reader_returns_what_the_generator_made(built):
         np.testing.assert_allclose(data.affine, truth.affine, atol=1e-5)
         np.testing.assert_allclose(data.spacing, truth.spacing, rtol=1e-6)
         np.testing.assert_array_equal(data.enhancement, truth.enhancement)  # JSON floats round-trip
+        np.testing.assert_array_equal(data.enhancement_by_slice, truth.enhancement_by_slice)  # NaN as null
         np.testing.assert_array_equal(data.phase_times_s, truth.phase_times_s)
         assert data.class_id == truth.class_id and rec["class_name"] == truth.class_name
         assert rec["atypical"] == truth.atypical
@@ -287,6 +288,7 @@ def test_dataset_json_not_json(ds):
     (lambda m: m.update(file_ending=".nii"), "file_ending"),
     (lambda m: m["mtilib"]["cases"][0].update(split="validation"), "split must be"),
     (lambda m: m["mtilib"]["cases"][0].update(enhancement=[1.0]), "enhancement must be"),
+    (lambda m: m["mtilib"]["cases"][0].update(enhancement_by_slice=[None, [1.0]]), "enhancement_by_slice must be"),
     (lambda m: m["mtilib"]["cases"][1].update(case=m["mtilib"]["cases"][0]["case"]), "listed twice"),
     (lambda m: m["channel_names"].update({"3": "late"}), "disagree"),
 ])
@@ -295,6 +297,13 @@ def test_dataset_json_malformed(ds, breakage, fragment):
     breakage(meta)
     (ds / "dataset.json").write_text(json.dumps(meta))
     _expect(ds, "dataset.json", fragment, loader=read_dataset)
+
+
+def test_enhancement_by_slice_needs_one_row_per_slice(ds):
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["mtilib"]["cases"][0]["enhancement_by_slice"] = [None, None]
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    _expect(ds, "enhancement_by_slice", "has 2 rows", meta["mtilib"]["cases"][0]["case"])
 
 
 def test_unlisted_file_is_not_skipped(ds):

@@ -97,6 +97,29 @@ def test_measured_enhancement_uses_the_label_route(case):
                                relative_enhancement(case.clean_images, case.labels == 2), rtol=1e-12)
 
 
+def test_enhancement_by_slice_is_the_truth_within_each_slice(case):
+    by_slice = case.enhancement_by_slice
+    assert by_slice.shape == (case.shape[2], case.images.shape[0] - 1)
+    reached = np.all(np.isfinite(by_slice), axis=1)
+    label_slices = (case.labels == 2).any(axis=(0, 1))
+    # a voxel is labelled lesion when at least half of it is lesion tissue, so every labelled slice
+    # holds lesion tissue; the tissue may reach a slice the label does not (a thin cap)
+    assert np.all(reached[label_slices]) and np.all(np.isnan(by_slice[~reached]))
+    # the case's truth is a positively weighted mean of the slices' truths
+    assert np.all(case.enhancement >= by_slice[reached].min(0) - 1e-9)
+    assert np.all(case.enhancement <= by_slice[reached].max(0) + 1e-9)
+    weights = (case.labels == 2).sum(axis=(0, 1))[reached].astype(float)
+    by_area = (weights[:, None] * by_slice[reached]).sum(0) / weights.sum()
+    np.testing.assert_allclose(by_area, case.enhancement, atol=0.1)
+
+
+def test_enhancement_by_slice_of_a_cyst_is_zero_on_every_slice():
+    cyst = generate_case(5, "cyst", QUICK)
+    reached = np.all(np.isfinite(cyst.enhancement_by_slice), axis=1)
+    assert reached.sum() >= 2
+    np.testing.assert_allclose(cyst.enhancement_by_slice[reached], 0.0, atol=1e-12)
+
+
 def test_same_seed_is_bit_identical_and_another_seed_differs(case):
     again = generate_case(11, "HCC", SAMPLES)
     for name in ("images", "clean_images", "labels", "enhancement", "affine"):

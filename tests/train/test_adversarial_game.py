@@ -36,7 +36,7 @@ def test_lesion_slice_outputs_rows_match_direct_forward(setting):
     with torch.no_grad():
         out = model(x, torch.from_numpy(vol.times_s)[None])
     assert torch.allclose(out.enhancement[0], rows["pred_enhancement"][0], atol=1e-5)
-    assert torch.allclose(rows["enhancement"][0], torch.from_numpy(vol.enhancement))
+    assert torch.allclose(rows["enhancement"][0], torch.from_numpy(vol.enhancement_by_slice[s]))  # the slice's truth
     assert int(rows["class_id"][0]) == vol.class_id
 
 

@@ -1,5 +1,6 @@
 """The fast course recipe: early stopping, the wall-clock history, the lesion-slice floor, the
-regression head that corrects TIM's measurement, and old checkpoints that predate it."""
+regression head that corrects TIM's measurement, per-slice regression targets, and old checkpoints
+that predate them."""
 
 import numpy as np
 import pytest
@@ -59,6 +60,30 @@ def test_lesion_slice_floor_repeats_the_slices_of_small_lesions():
         # the negatives are the same as without the floor
         assert sorted(set(floored_items) - lesion_slices) == sorted(set(plain_items) - lesion_slices)
         assert len(plain_lesion) == len(lesion_slices)
+
+
+def test_lesion_slices_regress_the_truth_of_their_own_slice():
+    from dataclasses import replace
+
+    from mtilib.data.dataset import CaseVolume
+    from mtilib.data.phantom import PhantomConfig, generate_case
+
+    case = generate_case(3, "ICC", PhantomConfig.preset("quick"))
+    vol = CaseVolume.from_phantom(case, "icc")
+    data = SliceDataset([vol], 48, negative_ratio=1.0, min_lesion_pixels=1)
+    lesion_items = [i for i, (_, s) in enumerate(data.items) if (vol.labels[..., s] == 2).any()]
+    assert len(lesion_items) >= 2
+    per_slice = [data[i]["enhancement"].numpy() for i in lesion_items]
+    for i, target in zip(lesion_items, per_slice):
+        np.testing.assert_allclose(target, case.enhancement_by_slice[data.items[i][1]], rtol=1e-6)
+    assert not all(np.allclose(t, per_slice[0]) for t in per_slice[1:])  # the slices differ
+    # without a per-slice truth (real data), every lesion slice carries the case's
+    fallback = SliceDataset([replace(vol, enhancement_by_slice=None)], 48, negative_ratio=1.0, min_lesion_pixels=1)
+    for i in lesion_items:
+        np.testing.assert_allclose(fallback[i]["enhancement"].numpy(), case.enhancement, rtol=1e-6)
+    # slices without a lesion carry zeros (the regression loss skips them)
+    negatives = [i for i, (_, s) in enumerate(data.items) if not (vol.labels[..., s] == 2).any()]
+    assert negatives and not data[negatives[0]]["enhancement"].any()
 
 
 def _net_and_batch(**overrides):
