@@ -65,7 +65,7 @@ def _inference_fast_paths(cfg, device):
 
 
 def _cmd_course(args) -> int:
-    from mtilib.course import DEFAULT_OUT, HANG_AFTER_S, LIMIT_FACTOR, run_course, summary_table
+    from mtilib.course import DEFAULT_OUT, HANG_AFTER_S, LIMIT_FACTOR, default_jobs, run_course, summary_table
 
     results = run_course(
         quick=args.quick,
@@ -77,7 +77,7 @@ def _cmd_course(args) -> int:
         fail_fast=args.fail_fast,
         limit_factor=args.limit_factor or LIMIT_FACTOR,
         hang_after_s=args.hang_after or HANG_AFTER_S,
-        jobs=args.jobs or min(2, os.cpu_count() or 1),
+        jobs=args.jobs or default_jobs(),
     )
     print()
     print(summary_table(results))

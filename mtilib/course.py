@@ -39,6 +39,12 @@ LIMIT_FACTOR = 5.0
 HANG_AFTER_S = 180.0
 
 
+def default_jobs() -> int:
+    """Notebooks ``mtilib course`` runs at a time unless told otherwise: 2 on a machine with two or
+    more cores (much of a notebook is single-threaded: kernel start, imports, plotting), else 1."""
+    return min(2, os.cpu_count() or 1)
+
+
 @dataclass
 class NotebookResult:
     """Outcome of one executed notebook.

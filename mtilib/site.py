@@ -15,13 +15,12 @@ followed by ``make site`` executes the notebooks once.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from mtilib.course import DEFAULT_OUT, NOTEBOOK_DIR, REPO_ROOT, discover, repo_state, run_course
+from mtilib.course import DEFAULT_OUT, NOTEBOOK_DIR, REPO_ROOT, default_jobs, discover, repo_state, run_course
 
 TEMPLATES = Path(__file__).with_name("site_templates")
 DEFAULT_SITE = REPO_ROOT / "build" / "site"
@@ -74,7 +73,7 @@ def build_site(out: str | Path = DEFAULT_SITE, course_out: str | Path = DEFAULT_
     if run is None:
         echo(f"[site] executing the course into {course_out} ...")
         run_course(quick=quick, out=course_out, notebook_dir=notebook_dir, echo=echo,
-                   jobs=min(2, os.cpu_count() or 1))  # as mtilib course runs it
+                   jobs=default_jobs())  # as mtilib course runs it
         run = json.loads((course_out / "course_run.json").read_text())
     else:
         echo(f"[site] reusing the course run of commit {run['commit']} in {course_out}")

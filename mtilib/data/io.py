@@ -456,6 +456,12 @@ def _valid_box(box) -> bool:
                     for r in box))
 
 
+def _finite_numbers(value, n: int) -> bool:
+    """Whether ``value`` (from JSON) is a list of ``n`` finite numbers."""
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value))
+
+
 def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], list[dict]]:
     if not isinstance(meta, dict):
         raise DatasetError(f"{where}: the top level must be a JSON object")
@@ -511,14 +517,11 @@ def _validate_meta(meta, where: str) -> tuple[tuple[str, ...], tuple[str, ...], 
         if not 0 <= cls < len(class_names):
             raise DatasetError(f"{label}: class id {cls!r} is out of range 0..{len(class_names) - 1}")
         enh = rec.get("enhancement")
-        if enh is not None and (not isinstance(enh, list) or len(enh) != n_phases - 1
-                                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in enh)):
+        if enh is not None and not _finite_numbers(enh, n_phases - 1):
             raise DatasetError(f"{label}: enhancement must be {n_phases - 1} finite numbers, got {enh!r}")
         by_slice = rec.get("enhancement_by_slice")
         if by_slice is not None and (not isinstance(by_slice, list) or not all(
-                row is None or (isinstance(row, list) and len(row) == n_phases - 1
-                                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in row))
-                for row in by_slice)):
+                row is None or _finite_numbers(row, n_phases - 1) for row in by_slice)):
             raise DatasetError(f"{label}: enhancement_by_slice must be a list with, per slice, null or "
                                f"{n_phases - 1} finite numbers")
         box = rec.get("lesion_box")
