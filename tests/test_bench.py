@@ -1,14 +1,18 @@
 """Benchmark measurements return sane numbers (no timing assertions: the machines are noisy)."""
 
+import pytest
+
 from mtilib.bench import measure_phantom, run_isolated
 
 
+@pytest.mark.slow
 def test_train_step_measurement_in_a_fresh_process():
     result = run_isolated("train_step", arch="mtinet", width=4, batch=2, size=32, repeats=1)
     assert result["samples_per_s"] > 0 and result["median_step_s"] > 0
     assert result["parameters"] > 0 and result["train_gflop_per_step"] > 0 and result["peak_rss_mb"] > 50
 
 
+@pytest.mark.slow
 def test_fast_path_choice_is_measured_in_a_fresh_process():
     result = run_isolated("fast_paths", preset="quick")
     assert result["label"] in ("fp32", "fp32+channels_last", "bf16", "bf16+channels_last")
@@ -21,6 +25,7 @@ def test_phantom_measurement():
     assert result["median_case_s"] > 0 and result["dataset_s"] > 0 and result["dataset_cases"] == 2
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     """The GPU script is exercised here on the CPU (no GPU in CI): same code path, other device."""
     import subprocess
@@ -189,13 +194,12 @@ def test_peer_comparison_is_skipped_without_monai(monkeypatch):
     assert text.startswith("MONAI not installed: peer comparison skipped") and table == ""
 
 
+@pytest.mark.slow
 def test_bench_peers_script_times_basicunet_in_a_fresh_process():
     import importlib.util
     import json
     import subprocess
     import sys
-
-    import pytest
 
     from mtilib.course import REPO_ROOT
 

@@ -1,6 +1,7 @@
 """The course runner: parameters injected, failures named with notebook and cell, summary table."""
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mtilib.cli import main
@@ -77,6 +78,7 @@ def _book(path, code_cells, budget_s=None):
 WRITE = "from mtilib.course import write_metrics\nwrite_metrics(OUT_DIR, done=True)"
 
 
+@pytest.mark.slow
 def test_a_kernel_that_stops_answering_is_detected_and_retried_once(tmp_path):
     """An idle kernel with a cell still running is what a lost message looks like."""
     from mtilib.course import run_notebook
@@ -90,6 +92,7 @@ def test_a_kernel_that_stops_answering_is_detected_and_retried_once(tmp_path):
     assert len(messages) == 1 and "running it again" in messages[0]
 
 
+@pytest.mark.slow
 def test_a_kernel_that_dies_once_is_retried_and_then_passes(tmp_path):
     from mtilib.course import run_notebook
 
@@ -108,6 +111,7 @@ def test_a_kernel_that_dies_once_is_retried_and_then_passes(tmp_path):
     assert "kernel died" in result.error
 
 
+@pytest.mark.slow
 def test_a_raising_cell_is_not_retried_and_a_busy_notebook_meets_its_wall_clock_limit(tmp_path):
     from mtilib.course import run_notebook
 
@@ -122,6 +126,7 @@ def test_a_raising_cell_is_not_retried_and_a_busy_notebook_meets_its_wall_clock_
     assert result.seconds < 30
 
 
+@pytest.mark.slow
 def test_the_summary_marks_notebooks_over_their_budget(tmp_path):
     books = tmp_path / "notebooks"
     books.mkdir()
@@ -159,6 +164,7 @@ def test_idle_clock_sums_cpu_over_polls():
     assert idle_since == 0.0
 
 
+@pytest.mark.slow
 def test_two_notebooks_at_a_time_share_the_cores_and_keep_their_order(tmp_path):
     """``jobs=2``: the notebooks overlap in time, each kernel gets half the cores as threads, and the
     results come back in notebook order."""

@@ -55,6 +55,7 @@ class _Links(HTMLParser):
                 self.refs.append((tag, attrs[key]))
 
 
+@pytest.mark.slow
 def test_site_pages_figures_links_and_offline(tmp_path, monkeypatch):
     import mtilib.course
     import mtilib.site
