@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mtilib-installed
-# Every target sets up what it needs: the first run creates .venv (about 2.5 minutes), later runs
+# Every target sets up what it needs: the first run creates .venv (about 2 minutes), later runs
 # reuse it until pyproject.toml or constraints.txt change.
 
 .PHONY: setup course test lab student site bench results data-samples checkpoint gpu-check lint clean

@@ -289,13 +289,14 @@ class SliceDataset(Dataset):
 
     def _box_item(self, vol: CaseVolume, s: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """A box-labelled case's slice: image, the box core on it (float mask), whether the box crosses it."""
-        from mtilib.data.io import box_core
+        from mtilib.data.io import box_core_plane
 
         image = torch.from_numpy(np.ascontiguousarray(vol.images[..., s]))
         (k0, k1) = vol.lesion_box[2]
         inside = k0 <= s <= k1
-        core = box_core(vol.images.shape[1:], [list(r) for r in vol.lesion_box])[..., s] if inside else None
-        core = torch.zeros(image.shape[-2:]) if core is None else torch.from_numpy(core.astype(np.float32))
+        # the core is the same on every slice the box crosses: only this slice's plane is built
+        core = (torch.from_numpy(box_core_plane(image.shape[-2:], vol.lesion_box).astype(np.float32)) if inside
+                else torch.zeros(image.shape[-2:]))
         size = self.image_size
         if size is not None and tuple(image.shape[-2:]) != (size, size):
             image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]

@@ -159,14 +159,22 @@ def box_core(shape, box, fraction: float = 0.5) -> np.ndarray:
     enhancement of a box-labelled lesion is measured in its core. Slices are thick (the lesion's
     end slices are already partial): all of the box's slices are kept. At least the centre voxel."""
     mask = np.zeros(tuple(shape), bool)
-    (i0, i1), (j0, j1), (k0, k1) = box
+    (k0, k1) = box[2]
+    mask[..., k0:k1 + 1] = box_core_plane(tuple(shape)[:2], box[:2], fraction)[..., None]
+    return mask
+
+
+def box_core_plane(shape, box, fraction: float = 0.5) -> np.ndarray:
+    """The in-plane core of :func:`box_core`, ``(H, W)`` boolean: the same on every slice the box
+    crosses. ``box`` holds the in-plane ranges ``[(i0, i1), (j0, j1)]`` (a third range is ignored)."""
+    mask = np.zeros(tuple(shape)[:2], bool)
+    (i0, i1), (j0, j1) = box[0], box[1]
     ci, cj = (i0 + i1) / 2, (j0 + j1) / 2
     ri = max(fraction * (i1 - i0 + 1) / 2, 0.5)
     rj = max(fraction * (j1 - j0 + 1) / 2, 0.5)
     ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
-    inside = ((ii - ci) / ri) ** 2 + ((jj - cj) / rj) ** 2 <= 1.0
-    mask[i0:i1 + 1, j0:j1 + 1, k0:k1 + 1] = inside[..., None]
-    mask[int(round(ci)), int(round(cj)), k0:k1 + 1] = True
+    mask[i0:i1 + 1, j0:j1 + 1] = ((ii - ci) / ri) ** 2 + ((jj - cj) / rj) ** 2 <= 1.0
+    mask[int(round(ci)), int(round(cj))] = True
     return mask
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mtilib.data.dataset import CaseVolume, SliceDataset
-from mtilib.data.io import box_core
+from mtilib.data.io import box_core, box_core_plane
 from mtilib.data.phantom import PhantomConfig, generate_case
 from mtilib.losses import LossWeights, dice_ce_loss, multitask_loss
 from mtilib.models import ModelConfig, build_model
@@ -42,6 +42,11 @@ def test_box_core_is_inside_the_box_and_covers_its_centre():
     assert ijk[:, 0].min() >= 4 and ijk[:, 0].max() <= 13 and ijk[:, 1].min() >= 6 and ijk[:, 1].max() <= 9
     assert set(ijk[:, 2]) == {2, 3} and core[8, 7, 2]
     assert 0 < core.sum() < 10 * 4 * 2  # smaller than the box
+    # the in-plane core the slice dataset builds per slice is every slice of the 3D core
+    plane = box_core_plane((20, 20), [[4, 13], [6, 9], [2, 3]])
+    assert all(np.array_equal(core[..., k], plane) for k in (2, 3)) and not core[..., [0, 1, 4, 5]].any()
+    one_voxel = box_core_plane((5, 5), [[2, 2], [3, 3]])
+    assert one_voxel.sum() == 1 and one_voxel[2, 3]
 
 
 def test_segmentation_loss_skips_rows_without_a_mask():
