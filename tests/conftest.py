@@ -21,7 +21,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Notebook rehearsals first, then the other slow tests, then the rest (a stable sort: the
     order within each group is kept). Under ``--dist worksteal`` (``make test``) a worker that runs
-    out of tests takes half of the other's queue, so the run ends on a short test, not with one
+    out of tests takes half of a busy one's queue, so the run ends on a short test, not with one
     worker idle while the other finishes a minute-long notebook."""
     def cost_group(item):
         if item.get_closest_marker("notebook"):
