@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--width", type=int, default=32, help="network width (32 is the default MTI-Net)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--matmul-size", type=int,
+                        help="side of the square matmul that measures the peak (default 8192 on a GPU, 1024 on a CPU)")
     parser.add_argument("--inference-presets", nargs="*", default=["samples", "default"],
                         help="phantom presets of the per-case inference rows (none: skip them)")
     args = parser.parse_args(argv)
@@ -42,8 +44,9 @@ def main(argv=None) -> int:
     variants = [("fp32", False, False), ("bf16", True, False)]
     if not args.no_compile:
         variants.append(("bf16", True, True))
-    peaks = {dt: run_isolated("matmul", n=8192 if args.device != "cpu" else 1024, device=args.device, dtype=dt,
-                              repeats=args.repeats) for dt in ("fp32", "bf16")}
+    matmul_size = args.matmul_size or (8192 if args.device != "cpu" else 1024)
+    peaks = {dt: run_isolated("matmul", n=matmul_size, device=args.device, dtype=dt, repeats=args.repeats)
+             for dt in ("fp32", "bf16")}
     rows = []
     for arch in ("mtinet", "unet"):
         base = None

@@ -36,6 +36,7 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.md"
     done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_gpu.py"), "--device", "cpu",
                            "--batch", "2", "--size", "32", "--width", "4", "--repeats", "1", "--no-compile",
+                           "--matmul-size", "256",  # a CPU without native bf16 emulates it: 1024² takes seconds
                            "--inference-presets", "samples", "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
