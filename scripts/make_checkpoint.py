@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     print(f"[checkpoint] targets on the held-out phantom: {met}; make checkpoint took {total_minutes:.1f} min")
 
     history = result.history
+    val_share = f"{round(cfg.data.val_fraction * 100)} %"  # the README states the preset's split
     stopping = (f"at most {cfg.optim.epochs} epochs with early stopping after {cfg.optim.patience} without "
                 "improvement" if cfg.optim.patience else
                 f"{cfg.optim.epochs} epochs, the epoch with the best validation score kept")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         "`mtinet_course.pt`: MTI-Net trained with the `course` preset "
         f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, {stopping}, {cfg.data.image_size}×"
         f"{cfg.data.image_size} slices, each lesion slice regressing its own slice's enhancement) on "
-        f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; 20 % held out for "
+        f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; {val_share} held out for "
         f"validation), best epoch {result.best_epoch} of {len(history)}. Training (with validation after every "
         f"epoch) took {train_seconds / 60:.1f} minutes on {torch.get_num_threads()} threads of {cpu_name()}, "
         f"torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}); `make checkpoint` "
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
             op, value = COURSE_TARGETS[key]
             target = f"{'≥' if op == '>=' else '≤'} {value:.2f} ({'met' if met[key] else 'not met'})"
         lines.append(f"| {key} | {_fmt(heldout[key])} | {_fmt(headline.get(key))} | {target} |")
-    lines += ["", "Validation curve (the 20 % validation cases, after each epoch):", "",
+    lines += ["", f"Validation curve (the {val_share} validation cases, after each epoch):", "",
               "| epoch | minutes | Dice | accuracy | enhancement MAE |", "|---|---|---|---|---|"]
     for r in history:
         lines.append(f"| {r['epoch']} | {r['elapsed_s'] / 60:.1f} | {_fmt(r.get('val_dice'))} | "
