@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--inference-presets", nargs="*", default=["samples", "default"],
                         help="phantom presets of the per-case inference rows (none: skip them)")
     args = parser.parse_args(argv)
+    if args.matmul_size is not None and args.matmul_size < 1:
+        parser.error(f"--matmul-size must be a positive number of rows, got {args.matmul_size}")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     variants = [("fp32", False, False), ("bf16", True, False)]
     if not args.no_compile:
         variants.append(("bf16", True, True))
-    matmul_size = args.matmul_size or (8192 if args.device != "cpu" else 1024)
+    matmul_size = args.matmul_size if args.matmul_size is not None else (8192 if args.device != "cpu" else 1024)
     peaks = {dt: run_isolated("matmul", n=matmul_size, device=args.device, dtype=dt, repeats=args.repeats)
              for dt in ("fp32", "bf16")}
     rows = []
