@@ -469,7 +469,9 @@ def time_to_accuracy(checkpoint: Path, figure: Path, figure_link: str, targets: 
                 if all(r.get("elapsed_s") is not None for r in history) else
                 "the summed `train_seconds` of the epochs (plus `val_seconds` where recorded): this checkpoint "
                 "predates `elapsed_s`, so time spent validating is missing and the minutes are an underestimate")
-    text = (f"The shipped checkpoint's validation curve ({len(history)} epochs, the 20 % validation cases after "
+    val_fraction = (state.get("config") or {}).get("data", {}).get("val_fraction")
+    val_text = "the validation cases" if val_fraction is None else f"the {round(val_fraction * 100)} % validation cases"
+    text = (f"The shipped checkpoint's validation curve ({len(history)} epochs, {val_text} after "
             f"each epoch) against wall-clock minutes of training, taken from {timed_by}; the targets are "
             "`mtilib.metrics.COURSE_TARGETS`. " + heldout_text)
     table = (f"![validation Dice, accuracy and enhancement MAE against minutes of training]({figure_link})\n\n"

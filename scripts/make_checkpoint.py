@@ -113,12 +113,16 @@ def main(argv=None) -> int:
     stopping = (f"at most {cfg.optim.epochs} epochs with early stopping after {cfg.optim.patience} without "
                 "improvement" if cfg.optim.patience else
                 f"{cfg.optim.epochs} epochs, the epoch with the best validation score kept")
+    averaging = (f", weights averaged over the steps (exponential moving average, decay {cfg.optim.ema_decay})"
+                 if cfg.optim.ema_decay else "")
+    floor = (f"a case's lesion slices repeated until it contributes {cfg.data.lesion_slice_floor}, "
+             if cfg.data.lesion_slice_floor else "")
     lines = [
         "# Shipped checkpoint",
         "",
         "`mtinet_course.pt`: MTI-Net trained with the `course` preset "
-        f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, {stopping}, {cfg.data.image_size}×"
-        f"{cfg.data.image_size} slices, each lesion slice regressing its own slice's enhancement) on "
+        f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, {stopping}{averaging}, {cfg.data.image_size}×"
+        f"{cfg.data.image_size} slices, {floor}each lesion slice regressing its own slice's enhancement) on "
         f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; {val_share} held out for "
         f"validation), best epoch {result.best_epoch} of {len(history)}. Training (with validation after every "
         f"epoch) took {train_seconds / 60:.1f} minutes on {torch.get_num_threads()} threads of {cpu_name()}, "

@@ -77,8 +77,8 @@ EXPECTED: dict[str, dict] = {
         # per-image soft Dice punishes correct lesion-free slices (about 0.5 each unless the network is very
         # sure; 0.2 on average measured on the example case); pooled over the batch it does not
         "dice_loss_lesion_free": (0.1, 1.0),
-        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: Dice 0.819, median 0.93, ASSD
-        # 6.5 mm, no miss; one case keeps a false island larger than the lesion it found: Dice 0)
+        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: Dice 0.906, median 0.94, ASSD
+        # 0.8 mm, no miss, no lesion lost to a larger false island)
         "n_test_cases": 14, "test_dice_mean": (0.78, 0.95), "dice_vs_shipped_evaluation": (0.0, 0.01),
         "test_hd95_median_mm": (0.0, 12.0), "test_assd_mean_mm": (0.0, 8.0), "test_missed_lesions": (0, 1),
         "n_lesions_lost_to_island": (0, 2),
@@ -105,7 +105,7 @@ EXPECTED: dict[str, dict] = {
         "second_order_at_shift0": (0.0, 1e-8), "first_order_grows": True, "second_order_at_max_shift": (0.01, 10.0),
         "scale_first_order_change": (0.0, 1e-4),
         "scale_second_order": (0.0, 1e-8),
-        # the checkpoint on the test cases (mtinet_course_evaluation.json: MAE 0.093, Pearson r 0.977):
+        # the checkpoint on the test cases (mtinet_course_evaluation.json: MAE 0.070, Pearson r 0.991):
         # a flat cyst, HCC washes out, the haemangioma fills in
         "test_mae_mean": (0.05, 0.15), "test_mae_vs_shipped": (0.0, 0.01), "test_pearson_r_pooled": (0.95, 1.0),
         "cyst_predicted_enhancement": (-0.15, 0.15), "hcc_predicted_washout": (0.3, 3.0),
@@ -123,7 +123,7 @@ EXPECTED: dict[str, dict] = {
         "prior_error_unweighted": (0.0, 0.005), "prior_error_weighted": (0.0, 0.005), "weights_raise_rare_prior": True,
         # label smoothing has a finite optimal margin, log((1 - ε + ε/C) / (ε/C)) ≈ 4.16 for ε = 0.1, C = 7
         "smoothing_best_margin": (4.0, 4.3), "smoothing_closed_form_margin": (4.15, 4.17),
-        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: accuracy 0.929)
+        # the checkpoint on the 14 test cases (mtinet_course_evaluation.json: accuracy 1.000)
         "n_test_cases": 14, "test_accuracy": (0.85, 1.0), "test_accuracy_vs_shipped": (0.0, 0.08),
         "test_macro_f1": (0.8, 1.0), "test_kappa": (0.8, 1.0), "test_auc": (0.95, 1.0),
         "slice_accuracy": (0.85, 1.0), "macro_f1_by_hand_diff": (0.0, 1e-9),
@@ -174,20 +174,20 @@ EXPECTED: dict[str, dict] = {
         # λ_adv far too large from step 0 wrecks the regression
         "large_weight_early_reg_ratio": (2.0, 100.0), "large_weight_final_mae_ratio": (1.5, 100.0),
         # against a G that stands still D pulls ahead, faster without noise/smoothing (QUICK's 200 steps
-        # only begin it: 0.235 / 0.164 measured; the full 400 steps give 0.187 / 0.232)
-        "frozen_no_defence_loss_d": (0.05, 0.26), "frozen_no_defence_loss_adv": (0.13, 0.5),
+        # only begin it: 0.247 / 0.136 measured; the full 400 steps give 0.230 / 0.161)
+        "frozen_no_defence_loss_d": (0.05, 0.26), "frozen_no_defence_loss_adv": (0.125, 0.5),
         "frozen_no_defence_g_loss_higher": True,
-        # the shipped TDD: near chance on real vs fake (0.59 measured), depends on the curve more than
-        # on the class token (score gaps 0.026 and 0.010 measured), and does not penalise impossible
-        # (curve, class) pairs
-        "auc_real_fake": (0.4, 0.75), "auc_real_impossible": (0.3, 0.7),
-        "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (-0.01, 0.02),
-        "curve_gap_exceeds_class_gap": True, "cls_attention_sum": (0.9999, 1.0001),
+        # the shipped TDD: better than chance on real vs fake, far from always (0.72 measured), reads both
+        # halves (score gaps 0.041 for the curve, 0.047 for the class token), and does not penalise
+        # impossible (curve, class) pairs
+        "auc_real_fake": (0.55, 0.9), "auc_real_impossible": (0.3, 0.7),
+        "score_gap_curve": (0.005, 1.0), "score_gap_class_token": (0.005, 1.0),
+        "cls_attention_sum": (0.9999, 1.0001),
     },
     "10": {
         # the loop of mtilib.train: the loss falls over the QUICK epochs, and a resumed run is bit-identical
         "epochs": (1, 100), "loss_first": (0.5, 20.0), "loss_last": (0.1, 20.0), "resume_identical": True,
-        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.819, MAE 0.091, accuracy 0.929)
+        # the shipped checkpoint reproduces mtinet_course_evaluation.json (Dice 0.906, MAE 0.070, accuracy 1.000)
         "checkpoint_dice": (0.78, 0.94), "checkpoint_enhancement_mae": (0.06, 0.12),
         "checkpoint_accuracy": (0.85, 1.0), "checkpoint_macro_f1": (0.9, 1.0), "matches_recorded": True,
         # every row of the results table can be built: MTI-Net, 5 ablations, plain MTL, 3 single-task, U-Net
