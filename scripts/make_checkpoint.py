@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     slim = {k: best[k] for k in ("config", "model", "epoch", "best_score", "best_epoch", "val_summary",
                                  "versions")}
     slim["discriminator"] = best["discriminator"]
+    if "fast_path" in best:  # the precision it trained in: `auto` is a measurement, not a setting
+        slim["fast_path"] = best["fast_path"]
     # the whole run's curve (best.pt was written at the best epoch and knows only the epochs before it)
     slim["history"] = json.dumps(result.history)
     slim["training"] = json.dumps({
@@ -117,6 +119,9 @@ def main(argv=None) -> int:
                  if cfg.optim.ema_decay else "")
     floor = (f"a case's lesion slices repeated until it contributes {cfg.data.lesion_slice_floor}, "
              if cfg.data.lesion_slice_floor else "")
+    fast = best.get("fast_path")
+    trained_in = "" if not fast else (
+        f", in {fast['precision']}{' + channels_last' if fast['channels_last'] else ''} ({fast['reason']})")
     lines = [
         "# Shipped checkpoint",
         "",
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
         f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; {val_share} held out for "
         f"validation), best epoch {result.best_epoch} of {len(history)}. Training (with validation after every "
         f"epoch) took {train_seconds / 60:.1f} minutes on {torch.get_num_threads()} threads of {cpu_name()}, "
-        f"torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}); `make checkpoint` "
+        f"torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}){trained_in}; `make checkpoint` "
         f"end to end {total_minutes:.1f} minutes.",
         "",
         "Reproduce: `make checkpoint` (runs `scripts/make_checkpoint.py`).",

@@ -332,7 +332,9 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             improved = score > best_score
             if improved:
                 best_score, best_epoch = score, epoch + 1
-            state = trainables.state(cfg, epoch, best_score, best_epoch, history, rng_states, last_summary)
+            state = trainables.state(cfg, epoch, best_score, best_epoch, history, rng_states, last_summary,
+                                     {"precision": precision, "channels_last": bool(channels_last),
+                                      "reason": fast.reason})
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
@@ -365,10 +367,12 @@ class Trainables:
     ema: WeightAverage | None = None
 
     def state(self, cfg: TrainConfig, epoch: int, best_score: float, best_epoch: int, history: list[dict],
-              rng_states: dict, val_summary: dict) -> dict:
+              rng_states: dict, val_summary: dict, fast_path: dict | None = None) -> dict:
         """The checkpoint of ``epoch`` (0-based): tensors and plain values only (``weights_only``).
         With weight averaging, ``model`` holds the averaged weights (what inference loads) and
-        ``train_model`` the raw ones the optimiser steps (what a resume continues from)."""
+        ``train_model`` the raw ones the optimiser steps (what a resume continues from).
+        ``fast_path``: the precision and memory format the run trained in, and why (``auto`` is
+        decided by a measurement on the machine, so the config alone does not say)."""
         averaging = {} if self.ema is None else {
             "train_model": self.model.state_dict(), "ema_updates": self.ema.updates}
         return {
@@ -386,6 +390,7 @@ class Trainables:
             "history": json.dumps(history),
             "versions": versions(),
             "val_summary": json.dumps(val_summary),
+            **({} if fast_path is None else {"fast_path": fast_path}),
         }
 
     def restore(self, path: Path, cfg: TrainConfig, rank: int, world: int, device: torch.device, say

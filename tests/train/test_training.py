@@ -158,6 +158,8 @@ def test_weight_averaging_checkpoints_and_exact_resume(tmp_path):
 
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(split / "last.pt")
     assert a["ema_updates"] == b["ema_updates"] > 0
+    # the checkpoint says what precision and memory format the run trained in (explicit here)
+    assert a["fast_path"] == {"precision": "fp32", "channels_last": False, "reason": "as configured"}
     for key in ("model", "train_model"):
         for name, tensor in a[key].items():
             torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{key}.{name}")
