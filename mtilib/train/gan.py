@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from mtilib.losses import discriminator_loss, generator_adversarial_loss
 from mtilib.train.config import TrainConfig
+from mtilib.train.guards import clip_or_drop_gradients
 
 
 def adversarial_weight(cfg: TrainConfig, epoch_progress: float) -> float:
@@ -68,5 +69,7 @@ def discriminator_step(cfg, g_disc, d_optimizer, batch, lesion_index, fake) -> t
         d_loss = d_loss * 0.0
     d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
+    # as for the network: a non-finite gradient is dropped, so D's weights stay finite
+    clip_or_drop_gradients(g_disc.parameters(), 0.0)
     d_optimizer.step()
     return d_loss.detach()

@@ -43,6 +43,7 @@ from mtilib.train.config import TrainConfig
 from mtilib.train.ema import WeightAverage
 from mtilib.train.fastpath import choose_fast_paths
 from mtilib.train.gan import adversarial_weight, discriminator_step, generator_adversarial_term
+from mtilib.train.guards import clip_or_drop_gradients
 from mtilib.train.inference import evaluate_cases, validation_score
 
 #: Seed offset per epoch when a run is resumed with another number of processes (a prime well
@@ -252,6 +253,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         # per step would make the CPU wait for the GPU every step.
         sums: dict[str, torch.Tensor] = {}
         n_batches, n_samples, t0 = 0, 0, time.perf_counter()
+        dropped = torch.zeros((), dtype=torch.int64, device=device)  # steps whose gradients were not finite
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (progress and is_main),
                    leave=False)
         lam_adv = adversarial_weight(cfg, epoch)
@@ -287,8 +289,11 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
                     parts["adv"] = adv.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            # a non-finite gradient (one NaN or overflow in the batch) is dropped, not applied:
+            # applied, it would reach every weight and end the run (counted, read once per epoch)
+            finite = clip_or_drop_gradients(model.parameters(), cfg.optim.grad_clip)
+            if finite is not None:
+                dropped = dropped + (~finite).to(torch.int64)
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -313,6 +318,10 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                   "samples_per_s": n_samples / max(train_seconds, 1e-9), "lambda_adv": lam_adv}
         record.update({f"loss_{k}": float(v) / max(n_batches, 1) for k, v in sums.items()})
+        record["dropped_steps"] = int(dropped)
+        if record["dropped_steps"]:
+            say(f"[train] epoch {epoch + 1}: {record['dropped_steps']} of {n_batches} steps had non-finite "
+                "gradients and were dropped (the weights stay finite; the epoch's mean losses include them)")
         if is_main and val_volumes:
             t_val = time.perf_counter()
             scored = model if ema is None else ema.module

@@ -101,3 +101,14 @@ def test_masked_losses_equal_boolean_selection():
     assert float(zero.detach()) == 0.0 and zero.requires_grad  # graph kept (DDP sees every parameter)
     zero.backward()
     assert float(pred.grad.abs().sum()) == 0.0
+
+
+def test_the_non_finite_gradient_guard_reads_nothing_back():
+    """The loop's clipping step (mtilib.train.guards) decides on the device, not on the host."""
+    from mtilib.train.guards import clip_or_drop_gradients
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    net(torch.randn(5, 4)).square().sum().backward()
+    with HostReads() as reads:
+        finite = clip_or_drop_gradients(net.parameters(), 1.0)
+    assert reads.calls == [] and finite.dtype == torch.bool
