@@ -110,11 +110,20 @@ def pixel_enhancement(images: torch.Tensor, floor: float = 0.05) -> torch.Tensor
 
 
 def weighted_covariance(values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Covariance of D pixel features under spatial weights. ``(B, D, H, W), (B, H, W) -> (B, D, D)``."""
+    """Covariance of D pixel features under spatial weights. ``(B, D, H, W), (B, H, W) -> (B, D, D)``.
+
+    Weights must be non-negative. A weight of exactly 0 (a lesion probability that underflowed)
+    passes a zero gradient: the derivative of ``sqrt(w)`` at 0 is infinite, and the training loss
+    once turned a whole step's gradients into NaN through it.
+    """
     w = weights.unsqueeze(1)
     total = w.sum((-2, -1), keepdim=True) + eps
     mean = (values * w).sum((-2, -1), keepdim=True) / total
-    centred = (values - mean) * w.sqrt()
+    # the root of the positive weights only: the same values and, where w > 0, the same gradients
+    # bit for bit as w.sqrt(); where w == 0 the root is 0 and its gradient 0 instead of inf · 0
+    positive = w > 0
+    root = torch.where(positive, w, torch.ones_like(w)).sqrt() * positive
+    centred = (values - mean) * root
     flat = centred.flatten(2)
     return flat @ flat.transpose(1, 2) / total.flatten(1).unsqueeze(-1)
 

@@ -52,6 +52,39 @@ def test_weighted_covariance_matches_numpy():
         np.testing.assert_allclose(ours[b], ref, rtol=1e-8)
 
 
+def test_weighted_covariance_has_finite_gradients_at_zero_weight():
+    """A lesion probability that underflows to exactly 0 must not make the gradients NaN (the
+    derivative of sqrt at 0 is infinite); elsewhere the gradients are those of the plain root."""
+    torch.manual_seed(0)
+    values = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 6, 5, dtype=torch.float64)
+    weights[0, :2] = 0.0  # exact zeros, as a softmax gives in float32 for a large logit gap
+    weights.requires_grad_(True)
+    weighted_covariance(values, weights).pow(2).sum().backward()
+    assert torch.isfinite(weights.grad).all() and torch.isfinite(values.grad).all()
+
+    def plain(v, w, eps=1e-6):  # the formula with w.sqrt(), for w > 0
+        w = w.unsqueeze(1)
+        total = w.sum((-2, -1), keepdim=True) + eps
+        centred = (v - (v * w).sum((-2, -1), keepdim=True) / total) * w.sqrt()
+        flat = centred.flatten(2)
+        return flat @ flat.transpose(1, 2) / total.flatten(1).unsqueeze(-1)
+
+    positive = (torch.rand(2, 6, 5) + 0.1).requires_grad_(True)
+    v = torch.randn(2, 3, 6, 5)
+    ours_w = positive.detach().clone().requires_grad_(True)
+    out_plain, out_ours = plain(v, positive), weighted_covariance(v, ours_w)
+    assert torch.equal(out_plain, out_ours)
+    out_plain.sum().backward()
+    out_ours.sum().backward()
+    assert torch.equal(positive.grad, ours_w.grad)
+
+    # the old formula really does give NaN at a zero weight: the test guards a real failure
+    zero = weights.detach().clone().requires_grad_(True)
+    plain(values.detach(), zero).pow(2).sum().backward()
+    assert not torch.isfinite(zero.grad).all()
+
+
 def test_tim_consistency_zero_when_consistent():
     torch.manual_seed(0)
     images = torch.rand(2, 4, 16, 16) + 0.5
