@@ -177,6 +177,8 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
     fast = choose_fast_paths(cfg.model, device, cfg.precision, cfg.channels_last, cfg.data.image_size,
                              cfg.optim.batch_size // world)
     precision, channels_last = fast.precision, fast.channels_last
+    # recorded in every checkpoint: `auto` is a measurement, so the config alone does not say
+    fast_path = {"precision": precision, "channels_last": bool(channels_last), "reason": fast.reason}
 
     # model, discriminator, optimisers
     model = build_model(cfg.model).to(device)
@@ -342,8 +344,7 @@ def train(cfg: TrainConfig, data_root: str | Path, out_dir: str | Path, resume: 
             if improved:
                 best_score, best_epoch = score, epoch + 1
             state = trainables.state(cfg, epoch, best_score, best_epoch, history, rng_states, last_summary,
-                                     {"precision": precision, "channels_last": bool(channels_last),
-                                      "reason": fast.reason})
+                                     fast_path)
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
