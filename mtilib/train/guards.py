@@ -23,6 +23,7 @@ def clip_or_drop_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: f
         return None
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     finite = torch.isfinite(norm)
-    for p in params:
-        p.grad = torch.where(finite, p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device))
+    dropped = ~finite
+    for p in params:  # in place: no new gradient tensors every step
+        p.grad.masked_fill_(dropped, 0)
     return finite
