@@ -501,8 +501,8 @@ def recorded_runs(checkpoint: Path, results_json: Path) -> list[tuple[str, str, 
         headline = headline_metrics(json.loads(evaluation.read_text())["summary"]) if evaluation.exists() else {}
         rows = [
             {"what": "training time (minutes)", "value": training.get("train_seconds", float("nan")) / 60},
-            {"what": "epochs in this checkpoint's history (best epoch)",
-             "value": f"{len(history)} ({state['best_epoch']})"},
+            {"what": "epochs in this checkpoint's history (the epoch shipped; best validation score)",
+             "value": f"{len(history)} ({state['epoch'] + 1}; {state['best_epoch']})"},
             {"what": "training throughput (samples/s, median over epochs)",
              "value": statistics.median(h["samples_per_s"] for h in history)},
         ] + [{"what": f"test cases: {k}", "value": v} for k, v in headline.items() if k != "n_cases"]

@@ -3,8 +3,11 @@
 1. generate a phantom training set (``samples`` preset, 40 cases per class, seed 1000: disjoint
    from the seeds of ``data_samples/phantom``) into ``build/checkpoint_data``;
 2. train MTI-Net with the ``course`` preset into ``build/checkpoint_run``;
-3. write a slim copy of the best checkpoint (weights, config, history; no optimiser state, so it
-   stays small) to ``data_samples/checkpoints/mtinet_course.pt``;
+3. write a slim copy of the run's final weights (weights, config, history; no optimiser state, so
+   it stays small) to ``data_samples/checkpoints/mtinet_course.pt``: the preset runs its whole
+   schedule and averages the weights, so the end of the run is the network it trains; picking an
+   epoch by the score over 56 validation cases picks noise (docs/DESIGN.md, "the course recipe").
+   With early stopping (``optim.patience``) the best epoch is shipped instead;
 4. evaluate it on the test cases of ``data_samples/phantom``
    (``data_samples/checkpoints/mtinet_course_evaluation.json``) and on a held-out phantom of
    238 cases drawn with another seed (``mtinet_course_heldout.json``), and write a ``README.md``
@@ -73,12 +76,13 @@ def main(argv=None) -> int:
     print(f"[checkpoint] trained in {train_seconds / 60:.1f} min; best epoch {result.best_epoch} "
           f"of {len(result.history)}")
 
-    best = load_checkpoint(run_dir / "best.pt")
-    slim = {k: best[k] for k in ("config", "model", "epoch", "best_score", "best_epoch", "val_summary",
-                                 "versions")}
-    slim["discriminator"] = best["discriminator"]
-    if "fast_path" in best:  # the precision it trained in: `auto` is a measurement, not a setting
-        slim["fast_path"] = best["fast_path"]
+    chosen = load_checkpoint(run_dir / shipped_file(cfg))
+    shipped_epoch = chosen["epoch"] + 1
+    slim = {k: chosen[k] for k in ("config", "model", "epoch", "best_score", "best_epoch", "val_summary",
+                                   "versions")}
+    slim["discriminator"] = chosen["discriminator"]
+    if "fast_path" in chosen:  # the precision it trained in: `auto` is a measurement, not a setting
+        slim["fast_path"] = chosen["fast_path"]
     # the whole run's curve (best.pt was written at the best epoch and knows only the epochs before it)
     slim["history"] = json.dumps(result.history)
     slim["training"] = json.dumps({
@@ -113,13 +117,15 @@ def main(argv=None) -> int:
     history = result.history
     val_share = f"{round(cfg.data.val_fraction * 100)} %"  # the README states the preset's split
     stopping = (f"at most {cfg.optim.epochs} epochs with early stopping after {cfg.optim.patience} without "
-                "improvement" if cfg.optim.patience else
-                f"{cfg.optim.epochs} epochs, the epoch with the best validation score kept")
+                "improvement, the epoch with the best validation score kept" if cfg.optim.patience else
+                f"all {cfg.optim.epochs} epochs, the final weights kept")
     averaging = (f", weights averaged over the steps (exponential moving average, decay {cfg.optim.ema_decay})"
                  if cfg.optim.ema_decay else "")
     floor = (f"a case's lesion slices repeated until it contributes {cfg.data.lesion_slice_floor}, "
              if cfg.data.lesion_slice_floor else "")
-    fast = best.get("fast_path")
+    gain = (", the regression head free to scale TIM's measurement (`model.enhancement_gain`)"
+            if cfg.model.enhancement_gain else "")
+    fast = chosen.get("fast_path")
     trained_in = "" if not fast else (
         f", in {fast['precision']}{' + channels_last' if fast['channels_last'] else ''} ({fast['reason']})")
     lines = [
@@ -127,9 +133,10 @@ def main(argv=None) -> int:
         "",
         "`mtinet_course.pt`: MTI-Net trained with the `course` preset "
         f"(width {cfg.model.width}, batch {cfg.optim.batch_size}, {stopping}{averaging}, {cfg.data.image_size}×"
-        f"{cfg.data.image_size} slices, {floor}each lesion slice regressing its own slice's enhancement) on "
+        f"{cfg.data.image_size} slices, {floor}each lesion slice regressing its own slice's enhancement{gain}) on "
         f"{CASES_PER_CLASS * 7} phantom cases (`samples` preset, seed {DATA_SEED}; {val_share} held out for "
-        f"validation), best epoch {result.best_epoch} of {len(history)}. Training (with validation after every "
+        f"validation), epoch {shipped_epoch} of {len(history)} (best validation score: epoch "
+        f"{result.best_epoch}). Training (with validation after every "
         f"epoch) took {train_seconds / 60:.1f} minutes on {torch.get_num_threads()} threads of {cpu_name()}, "
         f"torch {versions()['torch']} ({'GPU' if torch.cuda.is_available() else 'CPU'}){trained_in}; `make checkpoint` "
         f"end to end {total_minutes:.1f} minutes.",
@@ -158,6 +165,12 @@ def main(argv=None) -> int:
               "`mtilib.train.load_model(path)` or `mtilib evaluate --ckpt ...`."]
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def shipped_file(cfg: TrainConfig) -> str:
+    """The run's checkpoint that is shipped: the final weights of a run that follows its whole
+    schedule, the best-scored epoch of one that stops early (its last epochs did not improve)."""
+    return "best.pt" if cfg.optim.patience else "last.pt"
 
 
 def _fmt(value) -> str:

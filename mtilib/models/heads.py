@@ -29,22 +29,31 @@ class RegressionHead(nn.Module):
     the regression loss does not reshape the mask). The last layer starts at zero, so a new
     network answers with the measurement and learns what it misses (partial volume at the lesion
     rim, noise, bias field).
+    ``gain=True`` (with ``residual``): the output is ``(1 + g) ⊙ measured + MLP(...)``, with a
+    per-phase gain ``g (B, P-1)`` from the same embedding, also starting at zero: the head can
+    scale a measurement it should not trust (a lesion of a few pixels, or one that does not enhance,
+    whose soft mask picks up the enhancing liver around it) instead of cancelling it with an
+    additive correction it cannot compute exactly from the embedding.
     ``residual=False`` (and networks without TIM) regress the enhancement directly.
     """
 
     def __init__(self, phases: int, descriptor_dim: int, pooled_dim: int, hidden: int = 64,
-                 dropout: float = 0.0, residual: bool = False):
+                 dropout: float = 0.0, residual: bool = False, gain: bool = False):
         super().__init__()
+        if gain and not residual:
+            raise ValueError("the gain scales the measurement a residual head corrects: gain needs residual")
         self.residual = residual
         self.body = MLP(phases * descriptor_dim + pooled_dim, hidden, hidden, dropout, activate_output=True)
         self.out = nn.Linear(hidden, phases - 1)
+        self.gain = nn.Linear(hidden, phases - 1) if gain else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The correction of a residual head starts at zero (the head answers with the measurement)."""
-        if self.residual:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        """The correction (and gain) of a residual head start at zero (it answers with the measurement)."""
+        for layer in (self.out, self.gain) if self.residual else ():
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, descriptors: torch.Tensor, pooled: torch.Tensor, measured: torch.Tensor | None = None):
         embedding = self.body(torch.cat([descriptors.flatten(1), pooled], dim=1))
@@ -52,7 +61,10 @@ class RegressionHead(nn.Module):
         if self.residual:
             if measured is None:
                 raise ValueError("this regression head corrects TIM's measurement: pass measured (B, P-1)")
-            enhancement = enhancement + measured.detach().to(enhancement.dtype)
+            measured = measured.detach().to(enhancement.dtype)
+            if self.gain is not None:
+                measured = measured * (1 + self.gain(embedding))
+            enhancement = enhancement + measured
         return enhancement, embedding
 
 

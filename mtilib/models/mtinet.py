@@ -62,6 +62,10 @@ class ModelConfig:
     # With TIM, the regression head predicts a correction to the enhancement TIM measured under
     # s0 (a residual) instead of the enhancement itself; see RegressionHead.
     enhancement_residual: bool = True
+    # With the residual: a learned per-phase gain on the measurement, (1 + g)·measured + correction
+    # (see RegressionHead). On in the course preset, where it was measured; off elsewhere until it
+    # is measured there. Checkpoints from before this field: False.
+    enhancement_gain: bool = False
     # "compact": every encoder stage halves the resolution (the stem alone works at full
     # resolution): skips at H (stem, w), H/2 (w), H/4 (2w), H/8 (4w), bottleneck 8w at H/16, and
     # the segmentation head is a 1×1 classifier; the layout and cost of a MONAI BasicUNet.
@@ -258,7 +262,8 @@ class MTINet(nn.Module):
             self.tim = TaskInteraction(list(skips[:2]), c.descriptor_dim, c.head_hidden, skips[0], enabled=c.tim)
         if "reg" in c.tasks:
             self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout,
-                                           residual=c.tim and c.enhancement_residual)
+                                           residual=c.tim and c.enhancement_residual,
+                                           gain=c.tim and c.enhancement_residual and c.enhancement_gain)
         if "cls" in c.tasks:
             self.cls_head = ClassificationHead(
                 c.phases, c.descriptor_dim, w4, c.num_classes, use_enhancement="reg" in c.tasks,

@@ -68,7 +68,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 #: Model-config fields added after checkpoints were first written, with the value that reproduces
 #: what an older checkpoint's network computed (a saved config holds every field of its time, so
 #: a missing one means "written before this field existed").
-LEGACY_MODEL_FIELDS = {"enhancement_residual": False, "layout": "wide"}
+LEGACY_MODEL_FIELDS = {"enhancement_residual": False, "layout": "wide", "enhancement_gain": False}
 
 
 def _upgrade_config(state: dict) -> None:

@@ -109,7 +109,8 @@ class TrainConfig:
         batch 8: on a CPU a step costs the same per sample at batch 8 as at 16, and twice the
         updates per sample converge sooner; all 15 epochs, no early stop: the validation score
         over 56 cases wanders by more than the late epochs gain; weights averaged over the steps;
-        small lesions' slices repeated until a case contributes 6; no geometric augmentation: train
+        small lesions' slices repeated until a case contributes 6; the regression head may scale the
+        measurement it corrects (``model.enhancement_gain``); no geometric augmentation: train
         and test phantoms come from one generator, and the rotation's bilinear resampling blurs
         lesions of a few pixels; the measurements are in docs/DESIGN.md, "the course recipe").
         ``paper``: full size (DESIGN §3 widths, 128² slices) for a GPU, with augmentation."""
@@ -124,7 +125,7 @@ class TrainConfig:
         if name == "course":
             return cls(
                 name="course",
-                model=ModelConfig(width=16),
+                model=ModelConfig(width=16, enhancement_gain=True),
                 data=DataConfig(image_size=64, lesion_slice_floor=6, min_lesion_pixels=2, augment=False),
                 optim=OptimConfig(epochs=15, batch_size=8, lr=2e-3, ema_decay=0.998),
             )

@@ -94,10 +94,22 @@ def _net_and_batch(**overrides):
     return model, x, TIMES.repeat(3, 1)
 
 
-def test_a_new_regression_head_answers_with_tims_measurement():
-    model, x, t = _net_and_batch()
+@pytest.mark.parametrize("gain", [False, True])
+def test_a_new_regression_head_answers_with_tims_measurement(gain):
+    model, x, t = _net_and_batch(enhancement_gain=gain)
+    assert (model.reg_head.gain is not None) == gain
     out = model(x, t)
     assert torch.equal(out.enhancement, out.aux["measured_enhancement"])
+
+
+def test_the_course_preset_scales_the_measurement_and_the_results_table_does_not():
+    """The gain is measured in the course recipe (DESIGN); the results table was measured without."""
+    from mtilib.results import ResultsPreset
+
+    assert TrainConfig.preset("course").model.enhancement_gain
+    assert not TrainConfig.preset("quick").model.enhancement_gain
+    for network in ("mtinet", "no_tim"):
+        assert not ResultsPreset.named("results").train_config(network, 0).model.enhancement_gain
 
 
 def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
@@ -109,6 +121,52 @@ def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
     assert model.prelim_head.weight.grad is None or float(model.prelim_head.weight.grad.abs().max()) == 0.0
     # the correction itself learns
     assert float(model.reg_head.out.weight.grad.abs().sum()) > 0
+
+
+def test_the_gain_lets_the_head_set_the_measurement_aside():
+    """With the gain at −1 the measurement drops out and the head answers with its correction alone
+    (a lesion that does not enhance, measured through its enhancing rim); the gain learns."""
+    model, x, t = _net_and_batch(enhancement_gain=True)
+    x = x * torch.tensor([1.0, 1.5, 1.3, 1.2])[:, None, None]  # post-contrast phases brighter: enhancing
+    assert model.config.enhancement_gain and model.reg_head.gain is not None
+    out = model(x, t)
+    out.enhancement.sum().backward()
+    assert float(model.reg_head.gain.weight.grad.abs().sum()) > 0
+    with torch.no_grad():
+        model.reg_head.gain.bias.fill_(-1.0)
+        model.reg_head.out.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        ignored = model.eval()(x, t)
+    assert float(ignored.aux["measured_enhancement"].min()) > 0.1  # there was something to drop
+    torch.testing.assert_close(ignored.enhancement, torch.tensor([[0.1, 0.2, 0.3]]).expand(3, 3))
+
+
+def test_the_gain_needs_the_residual():
+    from mtilib.models.heads import RegressionHead
+
+    with pytest.raises(ValueError, match="gain needs residual"):
+        RegressionHead(4, 8, 16, gain=True, residual=False)
+    model, _, _ = _net_and_batch(enhancement_residual=False, enhancement_gain=True)
+    assert model.reg_head.gain is None  # the switch has no meaning without the residual
+
+
+def test_checkpoints_written_before_the_gain_load_without_it(tmp_path):
+    """An older checkpoint's config has no ``enhancement_gain``: it loads with the plain residual
+    and computes what it computed when it was trained (its weights have no gain layer)."""
+    cfg = TrainConfig.preset("quick")
+    cfg.model.enhancement_gain = False
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    assert model.reg_head.gain is None
+    with torch.no_grad():
+        model.reg_head.out.weight.normal_()  # a trained correction, not the zeros of a new head
+    config = cfg.to_dict()
+    del config["model"]["enhancement_gain"]
+    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
+    loaded, loaded_cfg, _ = load_model(path)
+    assert loaded_cfg.model.enhancement_gain is False and loaded.reg_head.gain is None
+    x = torch.rand(2, 4, 64, 64) + 0.5
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
 
 
 @pytest.mark.parametrize("name", ["no_tim", "reg_only", "multitask"])
@@ -164,15 +222,29 @@ def test_checkpoints_written_before_the_compact_layout_load_wide(tmp_path):
     assert torch.equal(expected.class_logits, got.class_logits)
 
 
-def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys):
-    """Checked before any work: nothing is generated, trained or written."""
+def _make_checkpoint_script():
+    """``scripts/make_checkpoint.py`` as a module (scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
     script = Path(__file__).parents[2] / "scripts" / "make_checkpoint.py"
     spec = importlib.util.spec_from_file_location("make_checkpoint", script)
-    make_checkpoint = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_checkpoint)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_checkpoint_ships_the_final_weights_unless_the_run_stops_early():
+    make_checkpoint = _make_checkpoint_script()
+    cfg = TrainConfig.preset("course")
+    assert cfg.optim.patience == 0 and make_checkpoint.shipped_file(cfg) == "last.pt"
+    cfg.optim.patience = 3
+    assert make_checkpoint.shipped_file(cfg) == "best.pt"
+
+
+def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys):
+    """Checked before any work: nothing is generated, trained or written."""
+    make_checkpoint = _make_checkpoint_script()
     existing = tmp_path / "mtinet_course.pt"
     existing.write_bytes(b"finished work")
     assert make_checkpoint.main(["--out", str(tmp_path)]) == 3
