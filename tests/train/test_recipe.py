@@ -149,6 +149,18 @@ def test_the_gain_needs_the_residual():
     assert model.reg_head.gain is None  # the switch has no meaning without the residual
 
 
+def _saved_without(field: str, cfg: TrainConfig, model, tmp_path):
+    """Save ``model`` as a checkpoint written before ``field`` existed (its config lacks it), load
+    it back, and return ``(loaded, loaded_cfg, outputs of model, outputs of loaded)`` on one batch."""
+    config = cfg.to_dict()
+    del config["model"][field]
+    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
+    loaded, loaded_cfg, _ = load_model(path)
+    x = torch.rand(2, 4, 64, 64) + 0.5
+    with torch.no_grad():
+        return loaded, loaded_cfg, model.eval()(x, TIMES.repeat(2, 1)), loaded(x, TIMES.repeat(2, 1))
+
+
 def test_checkpoints_written_before_the_gain_load_without_it(tmp_path):
     """An older checkpoint's config has no ``enhancement_gain``: it loads with the plain residual
     and computes what it computed when it was trained (its weights have no gain layer)."""
@@ -159,14 +171,9 @@ def test_checkpoints_written_before_the_gain_load_without_it(tmp_path):
     assert model.reg_head.gain is None
     with torch.no_grad():
         model.reg_head.out.weight.normal_()  # a trained correction, not the zeros of a new head
-    config = cfg.to_dict()
-    del config["model"]["enhancement_gain"]
-    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
-    loaded, loaded_cfg, _ = load_model(path)
+    loaded, loaded_cfg, expected, got = _saved_without("enhancement_gain", cfg, model, tmp_path)
     assert loaded_cfg.model.enhancement_gain is False and loaded.reg_head.gain is None
-    x = torch.rand(2, 4, 64, 64) + 0.5
-    with torch.no_grad():
-        assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
+    assert torch.equal(expected.enhancement, got.enhancement)
 
 
 @pytest.mark.parametrize("name", ["no_tim", "reg_only", "multitask"])
@@ -194,14 +201,9 @@ def test_checkpoints_written_before_the_residual_load_without_it(tmp_path):
     cfg = TrainConfig.preset("quick")
     cfg.model.enhancement_residual = False
     model = build_model(cfg.model)
-    config = cfg.to_dict()
-    del config["model"]["enhancement_residual"]
-    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
-    loaded, loaded_cfg, _ = load_model(path)
+    loaded, loaded_cfg, expected, got = _saved_without("enhancement_residual", cfg, model, tmp_path)
     assert loaded_cfg.model.enhancement_residual is False and loaded.reg_head.residual is False
-    x = torch.rand(2, 4, 64, 64) + 0.5
-    with torch.no_grad():
-        assert torch.equal(model.eval()(x, TIMES.repeat(2, 1)).enhancement, loaded(x, TIMES.repeat(2, 1)).enhancement)
+    assert torch.equal(expected.enhancement, got.enhancement)
 
 
 def test_checkpoints_written_before_the_compact_layout_load_wide(tmp_path):
@@ -210,14 +212,8 @@ def test_checkpoints_written_before_the_compact_layout_load_wide(tmp_path):
     cfg = TrainConfig.preset("quick")
     cfg.model.layout = "wide"
     model = build_model(cfg.model)
-    config = cfg.to_dict()
-    del config["model"]["layout"]
-    path = save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict(), "epoch": 0})
-    loaded, loaded_cfg, _ = load_model(path)
+    loaded, loaded_cfg, expected, got = _saved_without("layout", cfg, model, tmp_path)
     assert loaded_cfg.model.layout == "wide" and len(loaded.fusions) == 3
-    x = torch.rand(2, 4, 64, 64) + 0.5
-    with torch.no_grad():
-        expected, got = model.eval()(x, TIMES.repeat(2, 1)), loaded(x, TIMES.repeat(2, 1))
     assert torch.equal(expected.seg_logits, got.seg_logits)
     assert torch.equal(expected.class_logits, got.class_logits)
 
