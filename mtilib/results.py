@@ -95,7 +95,7 @@ class ResultsPreset:
         cfg.optim.batch_size = self.batch_size
         cfg.optim.patience = self.patience
         cfg.data.lesion_slice_floor = self.lesion_slice_floor
-        cfg.model.enhancement_gain = self.enhancement_gain and cfg.model.enhancement_residual
+        cfg.model.enhancement_gain = self.enhancement_gain  # the network ignores it where there is no residual
         cfg.adversarial.warmup_epochs = max(1.0, self.epochs / 4)
         cfg.adversarial.ramp_epochs = max(1.0, self.epochs / 4)
         return cfg

@@ -45,14 +45,8 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
 
 
 
-def test_gpu_benchmark_script_refuses_a_matmul_size_below_one(capsys):
-    import importlib.util
-
-    from mtilib.course import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO_ROOT / "scripts" / "bench_gpu.py")
-    bench_gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_gpu)
+def test_gpu_benchmark_script_refuses_a_matmul_size_below_one(capsys, load_script):
+    bench_gpu = load_script("bench_gpu")
     with pytest.raises(SystemExit) as stop:
         bench_gpu.main(["--device", "cpu", "--matmul-size", "0"])
     assert stop.value.code == 2  # refused before any measurement starts

@@ -125,7 +125,8 @@ def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
 
 def test_the_gain_lets_the_head_set_the_measurement_aside():
     """With the gain at −1 the measurement drops out and the head answers with its correction alone
-    (a lesion that does not enhance, measured through its enhancing rim); the gain learns."""
+    (a lesion that does not enhance, whose soft mask picks up the enhancing liver around it); the
+    gain learns."""
     model, x, t = _net_and_batch(enhancement_gain=True)
     x = x * torch.tensor([1.0, 1.5, 1.3, 1.2])[:, None, None]  # post-contrast phases brighter: enhancing
     assert model.config.enhancement_gain and model.reg_head.gain is not None
@@ -218,29 +219,17 @@ def test_checkpoints_written_before_the_compact_layout_load_wide(tmp_path):
     assert torch.equal(expected.class_logits, got.class_logits)
 
 
-def _make_checkpoint_script():
-    """``scripts/make_checkpoint.py`` as a module (scripts are not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).parents[2] / "scripts" / "make_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("make_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_make_checkpoint_ships_the_final_weights_unless_the_run_stops_early():
-    make_checkpoint = _make_checkpoint_script()
+def test_make_checkpoint_ships_the_final_weights_unless_the_run_stops_early(load_script):
+    make_checkpoint = load_script("make_checkpoint")
     cfg = TrainConfig.preset("course")
     assert cfg.optim.patience == 0 and make_checkpoint.shipped_file(cfg) == "last.pt"
     cfg.optim.patience = 3
     assert make_checkpoint.shipped_file(cfg) == "best.pt"
 
 
-def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys):
+def test_make_checkpoint_refuses_to_replace_a_checkpoint_without_force(tmp_path, capsys, load_script):
     """Checked before any work: nothing is generated, trained or written."""
-    make_checkpoint = _make_checkpoint_script()
+    make_checkpoint = load_script("make_checkpoint")
     existing = tmp_path / "mtinet_course.pt"
     existing.write_bytes(b"finished work")
     assert make_checkpoint.main(["--out", str(tmp_path)]) == 3

@@ -38,15 +38,11 @@ def mtilib_cmd(*args):
     return [sys.executable, "-m", "mtilib.cli", *map(str, args)]
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, load_script):
     """SIGKILL right after the first checkpoint, then --resume: the same weights as an uninterrupted
     run, network and discriminator, and a history without gaps or repeats. The GPU check
     (``scripts/gpu_check.py``) runs the same step on CUDA."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[2] / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_script("gpu_check")
     cfg = tiny_config(epochs=3)
     cfg_path = tmp_path / "cfg.yaml"
     cfg.to_yaml(cfg_path)
