@@ -1,12 +1,12 @@
 """Reproduce the shipped checkpoint: ``make checkpoint`` (under 20 minutes on 2 CPU cores).
 
-1. generate a phantom training set (``samples`` preset, 40 cases per class, seed 1000: disjoint
+1. generate a phantom training set (``samples`` preset, 120 cases per class, seed 1000: disjoint
    from the seeds of ``data_samples/phantom``) into ``build/checkpoint_data``;
 2. train MTI-Net with the ``course`` preset into ``build/checkpoint_run``;
 3. write a slim copy of the run's final weights (weights, config, history; no optimiser state, so
    it stays small) to ``data_samples/checkpoints/mtinet_course.pt``: the preset runs its whole
    schedule and averages the weights, so the end of the run is the network it trains; picking an
-   epoch by the score over 56 validation cases picks noise (docs/DESIGN.md, "the course recipe").
+   epoch by a validation score picks noise (docs/DESIGN.md, "the course recipe").
    With early stopping (``optim.patience``) the best epoch is shipped instead;
 4. evaluate it on the test cases of ``data_samples/phantom``
    (``data_samples/checkpoints/mtinet_course_evaluation.json``) and on a held-out phantom of
@@ -37,7 +37,7 @@ from mtilib.train import TrainConfig, evaluate_cases, load_checkpoint, load_mode
 from mtilib.viz import meets_target
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES_PER_CLASS = 40
+CASES_PER_CLASS = 120
 DATA_SEED = 1000
 #: The held-out phantom: 34 cases per class (238), a seed no other data set of the project uses.
 HELDOUT_CASES_PER_CLASS = 34

@@ -112,6 +112,20 @@ def test_the_course_preset_scales_the_measurement_and_the_results_table_does_not
         assert not ResultsPreset.named("results").train_config(network, 0).model.enhancement_gain
 
 
+def test_the_results_table_keeps_the_schedule_it_was_measured_with():
+    """The course preset's warm-ups shrank when it moved to three times the cases (DESIGN); the
+    results table derives from it and keeps its own, so `make results` reproduces docs/results.md."""
+    from mtilib.results import ResultsPreset
+
+    course = TrainConfig.preset("course")
+    assert course.optim.epochs == 5 and course.optim.warmup_epochs < 1
+    preset = ResultsPreset.named("results")
+    for network in ("mtinet", "unet"):
+        cfg = preset.train_config(network, 0)
+        assert cfg.optim.warmup_epochs == 1.0 and cfg.optim.epochs == preset.epochs == 6
+        assert cfg.adversarial.warmup_epochs == cfg.adversarial.ramp_epochs == 1.5
+
+
 def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
     """The measurement is detached; with the correction's last layer at zero (as at initialisation),
     the regressed enhancement has no gradient path to the preliminary lesion map."""
