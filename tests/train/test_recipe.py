@@ -124,6 +124,9 @@ def test_the_results_table_keeps_the_schedule_it_was_measured_with():
         cfg = preset.train_config(network, 0)
         assert cfg.optim.warmup_epochs == 1.0 and cfg.optim.epochs == preset.epochs == 6
         assert cfg.adversarial.warmup_epochs == cfg.adversarial.ramp_epochs == 1.5
+    # the paper-size table keeps its own preset's warm-up
+    paper = ResultsPreset.named("paper").train_config("mtinet", 0)
+    assert paper.optim.warmup_epochs == TrainConfig.preset("paper").optim.warmup_epochs == 5
 
 
 def test_the_regression_loss_does_not_reshape_the_mask_through_the_residual():
