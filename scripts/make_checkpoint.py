@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     slim["discriminator"] = chosen["discriminator"]
     if "fast_path" in chosen:  # the precision it trained in: `auto` is a measurement, not a setting
         slim["fast_path"] = chosen["fast_path"]
-    # the whole run's curve (best.pt was written at the best epoch and knows only the epochs before it)
+    # the whole run's curve (a checkpoint knows only the epochs up to the one it was written at)
     slim["history"] = json.dumps(result.history)
     slim["training"] = json.dumps({
         "command": "make checkpoint", "train_seconds": train_seconds, "data_seed": DATA_SEED,

@@ -261,9 +261,9 @@ class MTINet(nn.Module):
             # TIM pools the two finest skip levels
             self.tim = TaskInteraction(list(skips[:2]), c.descriptor_dim, c.head_hidden, skips[0], enabled=c.tim)
         if "reg" in c.tasks:
+            residual = c.tim and c.enhancement_residual  # the measurement to correct comes from TIM
             self.reg_head = RegressionHead(c.phases, c.descriptor_dim, w4, c.head_hidden, c.dropout,
-                                           residual=c.tim and c.enhancement_residual,
-                                           gain=c.tim and c.enhancement_residual and c.enhancement_gain)
+                                           residual=residual, gain=residual and c.enhancement_gain)
         if "cls" in c.tasks:
             self.cls_head = ClassificationHead(
                 c.phases, c.descriptor_dim, w4, c.num_classes, use_enhancement="reg" in c.tasks,
